@@ -1,0 +1,97 @@
+"""``registry.load()``: read, validate and type a model index."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import model_index
+
+from .build import collection_entry, model_entry
+from .entries import CollectionEntry, ModelEntry, SourceLocation
+from .errors import IndexValidationError, Problem, UnknownModelError
+from .schema import validate_documents
+from .semantic import check_index
+from .sources import IndexSources, RawItem, collect, display_path
+
+
+@dataclass(frozen=True)
+class ModelIndex:
+    """A validated index: typed, frozen entries in definition order."""
+
+    root: Path
+    models: tuple[ModelEntry, ...]
+    collections: tuple[CollectionEntry, ...]
+
+    def get(self, model_id: str) -> ModelEntry:
+        for entry in self.models:
+            if entry.id == model_id:
+                return entry
+        raise UnknownModelError(model_id, self.ids)
+
+    def collection(self, name: str) -> CollectionEntry:
+        for entry in self.collections:
+            if entry.name == name:
+                return entry
+        raise KeyError(f"unknown collection {name!r}")
+
+    def models_in(self, collection: str) -> tuple[ModelEntry, ...]:
+        return tuple(m for m in self.models if m.collection == collection)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(m.id for m in self.models)
+
+    def __iter__(self) -> Iterator[ModelEntry]:
+        return iter(self.models)
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def __contains__(self, model_id: object) -> bool:
+        return model_id in self.ids
+
+
+def _location(item: RawItem) -> SourceLocation:
+    line, column = item.doc.locate(item.path)
+    return SourceLocation(item.doc.file, line, column)
+
+
+def check(path: str | Path | None = None) -> tuple[IndexSources, list[Problem]]:
+    """Read the index at ``path`` (default: the packaged one); return its sources and every problem."""
+    sources = collect(Path(path) if path is not None else model_index.root())
+    problems = list(sources.problems)
+    problems += validate_documents(sources.documents)
+    problems += check_index(sources.models, sources.collections)
+    if not problems and not sources.models and not sources.collections:
+        problems.append(Problem(display_path(sources.root), 1, 1, "$", "index defines no models and no collections"))
+    return sources, sorted(set(problems), key=lambda p: (p.file, p.line, p.column, p.message))
+
+
+def load(path: str | Path | None = None) -> ModelIndex:
+    """Load the index at ``path`` (a root file, folder, imported file or markdown page; default: packaged).
+
+    Raises ``IndexValidationError`` carrying every located problem.
+    """
+    sources, problems = check(path)
+    if problems:
+        raise IndexValidationError(problems)
+    try:
+        models = tuple(model_entry(item.data, _location(item)) for item in sources.models)
+        collections = tuple(collection_entry(item.data, _location(item), item.readme) for item in sources.collections)
+    except (KeyError, TypeError, ValueError) as exc:  # a gap between schema and builder: still located
+        item = next(iter(sources.models), None)
+        where = _location(item) if item else SourceLocation(display_path(sources.root))
+        raise IndexValidationError([Problem(where.file, where.line, where.column, "$", f"cannot build entry: {exc!r}")]) from None
+    return ModelIndex(root=Path(sources.root).resolve(), models=models, collections=collections)
+
+
+_DEFAULT: ModelIndex | None = None
+
+
+def default_index() -> ModelIndex:
+    """The packaged index, loaded once per process."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = load()
+    return _DEFAULT

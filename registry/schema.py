@@ -1,0 +1,109 @@
+"""JSON Schema (draft 2020-12) validation of index documents, with located messages."""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+import model_index
+
+from .errors import Problem
+from .yaml_io import Document
+
+_TYPE_NAMES = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number",
+               bool: "a boolean", type(None): "empty (null)"}
+
+
+@lru_cache(maxsize=4)
+def load_schema(path: str | None = None) -> dict:
+    return json.loads(Path(path or model_index.SCHEMA_FILE).read_text(encoding="utf-8"))
+
+
+@lru_cache(maxsize=4)
+def _validators(path: str | None = None) -> tuple[Draft202012Validator, Draft202012Validator]:
+    schema = load_schema(path)
+    Draft202012Validator.check_schema(schema)
+    # The schema's top level is oneOf(file mapping, bare model list); validating against the branch that
+    # fits the document's type gives one error per problem instead of one wrapped oneOf failure.
+    base = {"$schema": schema["$schema"], "$defs": schema["$defs"]}
+    file_validator = Draft202012Validator({**base, "$ref": "#/$defs/indexFile"})
+    list_validator = Draft202012Validator({**base, "type": "array", "items": {"$ref": "#/$defs/model"}})
+    return file_validator, list_validator
+
+
+def _type_name(value) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _leaf_errors(error: ValidationError) -> list[ValidationError]:
+    """Replace a oneOf/anyOf failure by the errors of the branch that fits the value's type."""
+    if error.validator not in ("oneOf", "anyOf") or not error.context:
+        return [error]
+    branches: dict[int, list[ValidationError]] = {}
+    for sub in error.context:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    fitting = [
+        errs for errs in branches.values()
+        if not any(e.validator in ("type", "enum", "const") and not e.relative_path for e in errs)
+    ]
+    if len(fitting) == 1:
+        out: list[ValidationError] = []
+        for sub in fitting[0]:
+            out.extend(_leaf_errors(sub))
+        return out
+    return [error]
+
+
+def _message(error: ValidationError) -> str:
+    value = error.instance
+    shown = repr(value) if not isinstance(value, (dict, list)) else _type_name(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    v = error.validator
+    if v == "additionalProperties":
+        extra = sorted(set(value) - set(error.schema.get("properties", {})), key=str)
+        known = ", ".join(sorted(error.schema.get("properties", {})))
+        return f"unknown field{'s' if len(extra) > 1 else ''} {', '.join(repr(e) for e in extra)} (allowed here: {known})"
+    if v == "required":
+        return error.message.replace("is a required property", "is required here but missing")
+    if v == "type":
+        return f"expected {error.validator_value if isinstance(error.validator_value, str) else ' or '.join(error.validator_value)}, got {_type_name(value)} {shown}"
+    if v == "enum":
+        return f"{shown} is not one of {', '.join(repr(x) for x in error.validator_value)}"
+    if v in ("oneOf", "anyOf"):
+        desc = error.schema.get("description")
+        return f"invalid value {shown}" + (f": expected {desc[0].lower() + desc[1:]}" if desc else "")
+    if v == "pattern":
+        desc = error.schema.get("description")
+        return f"{shown} has the wrong form" + (f": {desc}" if desc else f" (must match {error.validator_value})")
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return f"{shown} is out of range ({error.message.split(' is ', 1)[-1]})"
+    return error.message
+
+
+def schema_problems(doc: Document, schema_path: str | None = None) -> list[Problem]:
+    """Every schema problem of one document, located in its file."""
+    file_validator, list_validator = _validators(schema_path)
+    if isinstance(doc.data, list):
+        validator = list_validator
+    elif isinstance(doc.data, dict):
+        validator = file_validator
+    else:
+        return [doc.problem((), f"expected a mapping (Import/Models/Collections), got {_type_name(doc.data)}")]
+    out: list[Problem] = []
+    for top in validator.iter_errors(doc.data):
+        for error in _leaf_errors(top):
+            path = tuple(error.absolute_path)
+            out.append(doc.problem(path, _message(error)))
+    return out
+
+
+def validate_documents(docs: Iterable[Document], schema_path: str | None = None) -> list[Problem]:
+    problems: list[Problem] = []
+    for doc in docs:
+        problems.extend(schema_problems(doc, schema_path))
+    return problems
