@@ -57,9 +57,51 @@ def _location(item: RawItem) -> SourceLocation:
     return SourceLocation(item.doc.file, line, column)
 
 
+ROOT_NAMES = ("model-index.yml", "model-index.yaml")
+
+
+def enclosing_root(path: Path) -> Path | None:
+    """The root index in a parent folder of ``path`` that imports it, if ``path`` is not a root itself."""
+    path = path.resolve()
+    if path.is_dir() or path.name in ROOT_NAMES:
+        return None
+    for folder in path.parents:
+        for name in ROOT_NAMES:
+            candidate = folder / name
+            if candidate.is_file():
+                sources = collect(candidate)
+                if any(Path(d.file).resolve() == path for d in sources.documents):
+                    return candidate
+    return None
+
+
+def _restrict(sources: IndexSources, problems: list[Problem], path: Path) -> tuple[IndexSources, list[Problem]]:
+    """Only what concerns one file of a larger index."""
+    path = path.resolve()
+    mine = lambda file: Path(file).resolve() == path
+    restricted = IndexSources(
+        root=path,
+        documents=[d for d in sources.documents if mine(d.file)],
+        models=[m for m in sources.models if mine(m.doc.file)],
+        collections=[c for c in sources.collections if mine(c.doc.file)],
+    )
+    return restricted, [p for p in problems if mine(p.file)]
+
+
 def check(path: str | Path | None = None) -> tuple[IndexSources, list[Problem]]:
-    """Read the index at ``path`` (default: the packaged one); return its sources and every problem."""
-    sources = collect(Path(path) if path is not None else model_index.root())
+    """Read the index at ``path`` (default: the packaged one); return its sources and every problem.
+
+    A file that a root index imports is checked in the context of that root (so
+    that its ``In Collection`` references resolve), reporting only its own problems.
+    """
+    target = Path(path) if path is not None else model_index.root()
+    context = enclosing_root(target) if target.exists() else None
+    sources, problems = _check(context or target)
+    return _restrict(sources, problems, target) if context else (sources, problems)
+
+
+def _check(path: Path) -> tuple[IndexSources, list[Problem]]:
+    sources = collect(path)
     problems = list(sources.problems)
     problems += validate_documents(sources.documents)
     problems += check_index(sources.models, sources.collections)

@@ -39,10 +39,14 @@ def _type_name(value) -> str:
     return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
-def _leaf_errors(error: ValidationError) -> list[ValidationError]:
-    """Replace a oneOf/anyOf failure by the errors of the branch that fits the value's type."""
+def _leaf_errors(error: ValidationError, described: str | None = None) -> list[tuple[ValidationError, str | None]]:
+    """Replace a oneOf/anyOf failure by the errors of the branch that fits the value's type.
+
+    Each error comes with the description of the innermost oneOf it came from, which says what
+    form the value should take better than the branch's bare pattern does.
+    """
     if error.validator not in ("oneOf", "anyOf") or not error.context:
-        return [error]
+        return [(error, described)]
     branches: dict[int, list[ValidationError]] = {}
     for sub in error.context:
         branches.setdefault(sub.relative_schema_path[0], []).append(sub)
@@ -51,14 +55,18 @@ def _leaf_errors(error: ValidationError) -> list[ValidationError]:
         if not any(e.validator in ("type", "enum", "const") and not e.relative_path for e in errs)
     ]
     if len(fitting) == 1:
-        out: list[ValidationError] = []
+        out: list[tuple[ValidationError, str | None]] = []
         for sub in fitting[0]:
-            out.extend(_leaf_errors(sub))
+            out.extend(_leaf_errors(sub, error.schema.get("description")))
         return out
-    return [error]
+    return [(error, described)]
 
 
-def _message(error: ValidationError) -> str:
+_JSON_TYPES = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+               "number": "a number", "boolean": "a boolean", "null": "null"}
+
+
+def _message(error: ValidationError, described: str | None = None) -> str:
     value = error.instance
     shown = repr(value) if not isinstance(value, (dict, list)) else _type_name(value)
     if len(shown) > 80:
@@ -71,15 +79,16 @@ def _message(error: ValidationError) -> str:
     if v == "required":
         return error.message.replace("is a required property", "is required here but missing")
     if v == "type":
-        return f"expected {error.validator_value if isinstance(error.validator_value, str) else ' or '.join(error.validator_value)}, got {_type_name(value)} {shown}"
+        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        return f"expected {' or '.join(_JSON_TYPES.get(t, t) for t in wanted)}, got {_type_name(value)} {shown}"
     if v == "enum":
         return f"{shown} is not one of {', '.join(repr(x) for x in error.validator_value)}"
     if v in ("oneOf", "anyOf"):
         desc = error.schema.get("description")
         return f"invalid value {shown}" + (f": expected {desc[0].lower() + desc[1:]}" if desc else "")
     if v == "pattern":
-        desc = error.schema.get("description")
-        return f"{shown} has the wrong form" + (f": {desc}" if desc else f" (must match {error.validator_value})")
+        desc = described or error.schema.get("description")
+        return f"{shown} has the wrong form" + (f": expected {desc[0].lower() + desc[1:]}" if desc else f" (must match {error.validator_value})")
     if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         return f"{shown} is out of range ({error.message.split(' is ', 1)[-1]})"
     return error.message
@@ -96,9 +105,8 @@ def schema_problems(doc: Document, schema_path: str | None = None) -> list[Probl
         return [doc.problem((), f"expected a mapping (Import/Models/Collections), got {_type_name(doc.data)}")]
     out: list[Problem] = []
     for top in validator.iter_errors(doc.data):
-        for error in _leaf_errors(top):
-            path = tuple(error.absolute_path)
-            out.append(doc.problem(path, _message(error)))
+        for error, described in _leaf_errors(top):
+            out.append(doc.problem(tuple(error.absolute_path), _message(error, described)))
     return out
 
 

@@ -1,0 +1,1 @@
+"""cc-hub bench: verify every claim of the model index by measuring it."""

@@ -1,0 +1,124 @@
+"""The packaged index loads into typed entries that agree with the public record."""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+import model_index
+import registry
+
+ANCHORS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "anchors.md"
+VARIANTS = ("tf_efficientnet_cc_b0_4e", "tf_efficientnet_cc_b0_8e", "tf_efficientnet_cc_b1_8e")
+
+
+@pytest.fixture(scope="module")
+def index():
+    return registry.load()
+
+
+def test_packaged_index_has_the_three_variants(index):
+    assert index.ids == VARIANTS
+    assert [c.name for c in index.collections] == ["TF EfficientNet CondConv"]
+    assert all(m.collection == "TF EfficientNet CondConv" for m in index)
+
+
+def test_entries_are_frozen(index):
+    entry = index.get("tf_efficientnet_cc_b0_4e")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        entry.flops = 1
+    with pytest.raises(TypeError):
+        entry.raw["Name"] = "x"
+
+
+def test_string_forms_become_numbers(index):
+    entry = index.get("tf_efficientnet_cc_b1_8e")
+    assert entry.crop_pct == 0.882 and isinstance(entry.crop_pct, float)
+    assert entry.image_size == 240 and entry.data.input_size == (3, 240, 240)
+    assert entry.result().metric("Top 1 Accuracy") == pytest.approx(79.318)
+    assert entry.arch.bn_momentum == pytest.approx(0.01)  # TF decay 0.99
+
+
+def test_data_config_matches_timm(index):
+    timm_data = pytest.importorskip("timm.data")
+    timm = pytest.importorskip("timm")
+    for entry in index:
+        expected = timm_data.resolve_data_config({}, model=timm.create_model(entry.id, pretrained=False))
+        assert entry.data.as_timm_dict() == {**expected, "mean": tuple(expected["mean"]), "std": tuple(expected["std"])}
+
+
+def _anchor_table(title: str) -> dict[str, list[str]]:
+    text = ANCHORS.read_text()
+    section = text.split(title, 1)[1]
+    rows = {}
+    for line in section.splitlines()[1:]:
+        if line.startswith("## "):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells and cells[0].startswith("tf_efficientnet_cc"):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+@pytest.mark.skipif(not ANCHORS.exists(), reason="shared/reference/anchors.md not present")
+def test_claims_agree_with_published_anchors(index):
+    """The index's claims against an independent record (anchors.md), not against our own output."""
+    arch = _anchor_table("## Architecture facts")
+    compute = _anchor_table("## Compute")
+    files = _anchor_table("## Checkpoints")
+    acc = _anchor_table("## Accuracy")
+    num = lambda s: int(s.replace(",", ""))
+    for entry in index:
+        params = num(arch[entry.id][0])
+        assert entry.parameters == round(params, -4), "Parameters is the exact count rounded to 10k"
+        assert entry.image_size == int(arch[entry.id][1])
+        assert entry.crop_pct == float(arch[entry.id][2])
+        assert entry.arch.max_experts == int(arch[entry.id][4])
+        assert entry.arch.depth_multiplier == float(arch[entry.id][5])
+        assert entry.flops == num(compute[entry.id][1]), "FLOPs is fvcore's multiply-add count"
+        assert entry.erratum("Metadata.FLOPs").published == num(compute[entry.id][0])
+        assert entry.hub.repo_id == files[entry.id][0]
+        assert entry.release.filename == files[entry.id][1]
+        assert entry.file_size == num(files[entry.id][2])
+        top1, top5 = (float(x) for x in acc[entry.id][0].split("/"))
+        assert entry.result().metrics == {"Top 1 Accuracy": top1, "Top 5 Accuracy": top5}
+
+
+def test_release_file_prefix(index):
+    for entry in index:
+        assert re.fullmatch(r"[0-9a-f]{8}", entry.release.sha256_prefix)
+        assert entry.release.url == entry.weights and entry.release.url.startswith("https://")
+
+
+def test_unknown_id_names_close_matches(index):
+    with pytest.raises(registry.UnknownModelError) as info:
+        index.get("tf_efficientnet_cc_b1_4e")
+    assert "tf_efficientnet_cc_b1_8e" in str(info.value)
+    assert isinstance(info.value, KeyError)
+
+
+def test_source_locations_point_into_the_yaml(index):
+    entry = index.get("tf_efficientnet_cc_b0_8e")
+    assert entry.source.file.endswith("models/tf_efficientnet_cc_b0_8e.yml")
+    line = Path(model_index.INDEX_DIR / "models" / "tf_efficientnet_cc_b0_8e.yml").read_text().splitlines()[entry.source.line - 1]
+    assert "Name: tf_efficientnet_cc_b0_8e" in line
+
+
+def test_modelindex_library_loads_our_root():
+    modelindex = pytest.importorskip("modelindex")
+    mi = modelindex.load(str(model_index.root()))
+    mi.check(silent=True)
+    assert not mi.check_errors
+    by_name = {m.name: m for m in mi.models}
+    assert set(by_name) == set(VARIANTS)
+    ours = registry.load()
+    for entry in ours:
+        model = by_name[entry.id]
+        assert model.metadata.flops == entry.flops
+        assert int(model.metadata.data["File Size"]) == entry.file_size
+        assert model.in_collection == entry.collection
+        assert model.weights == entry.weights
+        assert model.full_model.paper["URL"] == ours.collection(entry.collection).paper.url
+    assert [c.name for c in mi.collections] == ["TF EfficientNet CondConv"]
