@@ -1,1 +1,15 @@
-"""cc-hub bench: verify every claim of the model index by measuring it."""
+"""cc-hub bench: verify every claim of the model index by measuring it.
+
+Modules, one job each:
+
+* ``checks/``      one module per check (params, flops, filesize, accuracy, throughput): claim vs measurement
+* ``flops``        fvcore and torch.utils.flop_counter counts
+* ``accuracy``     ImageNet val layouts, exactly-once sharded evaluation (``torchrun -m bench.accuracy``)
+* ``throughput``   images/s timing (CPU perf_counter; CUDA events, AMP, channels_last)
+* ``distributed``  torchrun process-group plumbing (gloo on CPU, nccl on CUDA)
+* ``models``       the only door to cc_models (models, transforms, weight and release files)
+* ``store``        the results store (runs/<run_id>.json + results.csv), atomic and lock-protected
+* ``report``       the printed table, notes and verdict; the JSON report
+* ``runner``       checks over models, saving after each model
+* ``cli``          ``cc-bench``
+"""

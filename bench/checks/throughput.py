@@ -1,0 +1,91 @@
+"""throughput: images/s at each batch size (informational; the index claims no speed).
+
+A row is ``info``, or ``regression`` when it is more than 10% below the latest
+earlier stored run of the same model on the same device (device name), dtype,
+thread count and batch size. Figures drift between runs on shared machines;
+only ratios measured side by side are comparable, so a regression is reported,
+not failed.
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from .. import models
+from .. import throughput as timing
+from .base import INFO, REGRESSION, CheckResult, Context, SkipCheck
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from registry import ModelEntry
+
+NAME = "throughput"
+METRIC = "images_per_s"
+REGRESSION_DROP = 0.10
+
+
+def template(entry: "ModelEntry", ctx: Context) -> list[CheckResult]:
+    s = ctx.settings
+    dtype, _ = timing.settings_for(s.device)
+    return [CheckResult(entry.id, NAME, METRIC, tolerance=f"-{REGRESSION_DROP:.0%} vs previous run", unit="img/s",
+                        batch_size=bs, device=s.device, dtype=dtype) for bs in s.batch_sizes]
+
+
+def previous(history: "pd.DataFrame | None", row: CheckResult, env: dict[str, Any]) -> dict[str, Any] | None:
+    """The latest earlier measurement of the same model, batch size, device name, dtype and threads."""
+    if history is None or history.empty:
+        return None
+    h = history
+    mask = ((h["model_id"] == row.model_id) & (h["check"] == NAME) & (h["metric"] == METRIC)
+            & (h["batch_size"] == row.batch_size) & (h["device"] == row.device)
+            & (h["device_name"] == env.get("device_name")) & (h["dtype"] == row.dtype)
+            & (h["threads"] == env.get("threads")) & h["status"].isin([INFO, REGRESSION]) & h["measured"].notna())
+    found = h[mask.fillna(False).astype(bool)]
+    if found.empty:
+        return None
+    last = found.sort_values("run_id", kind="stable").iloc[-1]
+    return {"run_id": str(last["run_id"]), "images_per_s": float(last["measured"]),
+            "torch_version": str(last["torch_version"])}
+
+
+def measure(entry: "ModelEntry", ctx: Context, rows: list[CheckResult]) -> list[CheckResult]:
+    s = ctx.settings
+    if s.device == "cuda" and s.cuda_unavailable:
+        raise SkipCheck(s.cuda_unavailable)
+    # on the CPU the shared (unmodified) model is timed; on CUDA a fresh copy is moved to the GPU
+    model = ctx.model(entry) if s.device == "cpu" else models.build(entry, ctx.index)
+    model = timing.prepare(model, s.device)
+    runs = len(rows) * (s.warmup + s.repeats)
+    with ctx.progress.task(f"throughput {entry.id}", total=runs) as advance:
+        for row in rows:
+            t = timing.measure(model, entry.data.input_size, row.batch_size, device=s.device, warmup=s.warmup,
+                               repeats=s.repeats, budget_s=s.budget_s, advance=advance)
+            row.measured = round(t.images_per_s, 3)
+            row.threads = ctx.env.get("threads")
+            row.extra = {**t.to_extra(), "input_size": list(entry.data.input_size)}
+            how = f"median of {len(t.times_s)} runs after {t.warmup} warm-up, {t.dtype}"
+            prev = previous(ctx.history, row, ctx.env)
+            if prev is None:
+                row.status = INFO
+                row.reason = f"{t.images_per_s:.2f} img/s ({how}); no earlier run on this device and settings"
+                continue
+            change = t.images_per_s / prev["images_per_s"] - 1 if prev["images_per_s"] else math.inf
+            row.extra["previous"] = {**prev, "change": change}
+            torch_note = "" if prev["torch_version"] == ctx.env.get("torch_version") else \
+                f", torch {prev['torch_version']} then"
+            if change < -REGRESSION_DROP:
+                row.status = REGRESSION
+                row.reason = (f"{t.images_per_s:.2f} img/s is {-change:.1%} below the previous run "
+                              f"{prev['run_id']} ({prev['images_per_s']:.2f} img/s{torch_note}) on the same device "
+                              f"and settings ({how})")
+            else:
+                row.status = INFO
+                row.reason = (f"{t.images_per_s:.2f} img/s ({how}); previous run {prev['run_id']}: "
+                              f"{prev['images_per_s']:.2f} img/s ({change:+.1%}{torch_note})")
+    if s.device == "cuda":
+        del model
+        import torch
+
+        torch.cuda.empty_cache()
+    return rows
