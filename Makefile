@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Re-install when the project's metadata changes.
 STAMP  := $(VENV)/.cc-hub-installed
 
-.PHONY: setup run test browser validate docs clean
+.PHONY: setup run test browser validate docs docs-check serve compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +35,21 @@ test: setup browser
 validate: setup
 	$(BIN)/cc-registry validate
 
+# Regenerate docs/ from the index and results/, then build the site into site/.
 docs: setup
 	$(BIN)/cc-registry docs
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# Exit 1 when the committed pages are stale.
+docs-check: setup
+	$(BIN)/cc-registry docs --check
+
+serve: docs
+	$(BIN)/python -m http.server -d site -b 127.0.0.1 8000
+
+# Ours against timm, same weights, side by side (several minutes on 2 cores).
+compare: setup
+	$(BIN)/cc-bench compare --against timm
 
 clean:
 	rm -rf $(VENV) build dist site *.egg-info .pytest_cache

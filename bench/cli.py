@@ -290,6 +290,16 @@ def build_parser(prog: str = "cc-bench") -> argparse.ArgumentParser:
     p.add_argument("--no-docs", action="store_true", help="do not regenerate the docs pages after the run")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
     p.set_defaults(func=cmd_run)
+
+    from . import compare
+
+    p = sub.add_parser("compare", help="ours against timm: same weights, outputs checked, timed side by side",
+                       description="Build our model and timm's with the same weights, check their outputs agree within 1e-4 "
+                       "(unfused, fused, channels_last), then time them interleaved in one process with timm's "
+                       "plain EfficientNet as the no-CondConv reference; report images/s, ratios and peak memory. "
+                       "Needs timm (exit 2 without it).")
+    compare.add_arguments(p)
+    p.set_defaults(func=lambda args: compare.run(args))
     return parser
 
 

@@ -1,8 +1,12 @@
 """Images per second of a model's forward pass (inference, no autograd).
 
-* CPU: fp32, NCHW, ``time.perf_counter`` around each batch.
-* CUDA: AMP (float16 autocast) and channels_last, CUDA events around each batch
-  (with a synchronise), as timm's benchmark script measures.
+The model is timed in the form a user runs for inference: BatchNorm folded
+(``model.fuse()``, on a copy: the caller's model stays as built) and
+channels_last.
+
+* CPU: fp32, ``time.perf_counter`` around each batch.
+* CUDA: AMP (float16 autocast), CUDA events around each batch (with a
+  synchronise), as timm's benchmark script measures.
 
 Each batch size gets ``warmup`` untimed runs, then timed runs until ``repeats``
 are done, or (after at least ``MIN_REPEATS``) once the next run would exceed
@@ -11,6 +15,7 @@ are done, or (after at least ``MIN_REPEATS``) once the next run would exceed
 from __future__ import annotations
 
 import contextlib
+import copy
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -46,13 +51,15 @@ class Timing:
 
 def settings_for(device: str) -> tuple[str, bool]:
     """``(dtype label, channels_last)`` used on ``device``."""
-    return ("float16-amp", True) if device == "cuda" else ("float32", False)
+    return ("float16-amp", True) if device == "cuda" else ("float32", True)
 
 
 def prepare(model: nn.Module, device: str) -> nn.Module:
-    """The model placed for timing on ``device`` (moves it in place)."""
+    """A fused copy of ``model`` placed for timing on ``device``."""
     _, channels_last = settings_for(device)
-    model = model.eval().to(device)
+    model = copy.deepcopy(model).eval().to(device)
+    if hasattr(model, "fuse"):
+        model.fuse()
     if device == "cuda":
         torch.backends.cudnn.benchmark = True  # pick the fastest kernels during warm-up, as timm's benchmark does
     if channels_last:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from registry import ArchitectureConfig, DataConfig, ModelEntry, StageSpec
 
 from .efficientnet_blocks import CondConvResidual, DepthwiseSeparableConv, InvertedResidual
+from .fuse import fuse_batchnorm_
 from .layers import BatchNormAct2d, CondConv2d, create_conv2d, get_act_layer, make_divisible
 
 __all__ = ["EfficientNet", "build_efficientnet", "round_channels", "scale_stage_depth", "init_weights_goog"]
@@ -64,7 +65,13 @@ class EfficientNet(nn.Module):
 
     Built by ``build_efficientnet(arch)``; the factory also attaches ``entry``,
     ``data_config`` and ``pretrained_cfg``.
+
+    For inference, ``model.eval().fuse()`` folds BatchNorm into the convolutions
+    and ``model.to(memory_format=torch.channels_last)`` (with channels_last
+    inputs) picks oneDNN's faster kernels; together about 2x on a CPU.
     """
+
+    fuse_pairs = (("conv_stem", "bn1"), ("conv_head", "bn2"))
 
     def __init__(self, arch: ArchitectureConfig) -> None:
         super().__init__()
@@ -105,6 +112,7 @@ class EfficientNet(nn.Module):
             self.bn2 = nn.Identity()
         self.classifier = self._make_classifier(self.num_classes)
 
+        self.is_fused = False
         self._entry: _Shared | None = None
         self.data_config: DataConfig | None = None
         self.pretrained_cfg: dict[str, Any] = {}
@@ -119,6 +127,29 @@ class EfficientNet(nn.Module):
     @entry.setter
     def entry(self, value: ModelEntry | None) -> None:
         self._entry = _Shared(value) if value is not None else None
+
+    # -- inference form -------------------------------------------------------------------------------------
+    def fuse(self) -> "EfficientNet":
+        """Fold every BatchNorm into its convolution, in place (eval mode only); returns ``self``.
+
+        Outputs stay equal to the unfused model's within float rounding. The fused
+        model is for inference: it cannot train, and ``state_dict()`` refuses,
+        because its parameters no longer have timm's layout.
+        """
+        fuse_batchnorm_(self)
+        self.is_fused = True
+        return self
+
+    def train(self, mode: bool = True) -> "EfficientNet":
+        if mode and getattr(self, "is_fused", False):
+            raise RuntimeError("a fused model cannot train: build the model again (BatchNorm was folded away)")
+        return super().train(mode)
+
+    def state_dict(self, *args, **kwargs):
+        if self.is_fused:
+            raise RuntimeError("this model was fused for inference (fuse()); its parameters are not in timm's "
+                               "layout. Save the state dict of an unfused model instead.")
+        return super().state_dict(*args, **kwargs)
 
     # -- classifier ------------------------------------------------------------------------------------------
     def _make_classifier(self, num_classes: int) -> nn.Module:

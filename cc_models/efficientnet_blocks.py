@@ -27,6 +27,8 @@ def _drop_path(rate: float) -> nn.Module:
 class DepthwiseSeparableConv(nn.Module):
     """dw k x k -> BN+act -> SE -> pw 1x1 -> BN, with a skip when shapes allow."""
 
+    fuse_pairs = (("conv_dw", "bn1"), ("conv_pw", "bn2"))  # (conv, the BatchNorm right after it): see fuse.py
+
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, *, se_ratio: float,
                  act_layer: str, norm_layer: NormLayer, padding: str, drop_path_rate: float = 0.0) -> None:
         super().__init__()
@@ -50,6 +52,8 @@ class DepthwiseSeparableConv(nn.Module):
 
 class InvertedResidual(nn.Module):
     """pw 1x1 expand -> BN+act -> dw k x k -> BN+act -> SE -> pw 1x1 project -> BN (MBConv)."""
+
+    fuse_pairs = (("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3"))
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, *, exp_ratio: float,
                  se_ratio: float, act_layer: str, norm_layer: NormLayer, padding: str,

@@ -6,11 +6,11 @@ become PyTorch ones. Validation happened before (schema.py, semantic.py).
 """
 from __future__ import annotations
 
-from types import MappingProxyType
 from typing import Any, Mapping
 
 from .entries import (
     ArchitectureConfig,
+    FrozenDict,
     CollectionEntry,
     DataConfig,
     Erratum,
@@ -51,7 +51,7 @@ def _opt(mapping: Mapping[str, Any], key: str, convert=to_number):
 
 def _freeze(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+        return FrozenDict({k: _freeze(v) for k, v in value.items()})
     if isinstance(value, list):
         return tuple(_freeze(v) for v in value)
     return value
@@ -110,7 +110,7 @@ def _results(raw: Any) -> tuple[Result, ...]:
     out = []
     for item in raw or ():
         metrics = {name: to_number(v) for name, v in (item.get("Metrics") or {}).items()}
-        out.append(Result(task=item["Task"], dataset=item["Dataset"], metrics=MappingProxyType(metrics)))
+        out.append(Result(task=item["Task"], dataset=item["Dataset"], metrics=FrozenDict(metrics)))
     return tuple(out)
 
 

@@ -9,10 +9,43 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 RELEASE_NAME_RE = re.compile(r"^(?P<stem>.+)-(?P<prefix>[0-9a-f]{8})\.(?P<ext>pth|pt|bin|safetensors)$")
+
+
+class FrozenDict(Mapping):
+    """A read-only mapping that, unlike ``types.MappingProxyType``, pickles and deep-copies.
+
+    Entries travel with models (``torch.save(model)``, ``copy.deepcopy``), so
+    everything they hold must survive both.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping | None = None, **kwargs: Any) -> None:
+        object.__setattr__(self, "_data", dict(data or {}, **kwargs))
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({self._data!r})"
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._data.items()))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("FrozenDict is read-only")
+
+    def __reduce__(self):
+        return (FrozenDict, (self._data,))
 
 
 @dataclass(frozen=True)
@@ -207,7 +240,7 @@ class ModelEntry:
     data: DataConfig
     arch: ArchitectureConfig
     source: SourceLocation
-    raw: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), repr=False, compare=False)
+    raw: Mapping[str, Any] = field(default_factory=FrozenDict, repr=False, compare=False)
 
     def result(self, dataset: str = "ImageNet", task: str = "Image Classification") -> Result | None:
         for r in self.results:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
-from types import MappingProxyType
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
@@ -52,7 +52,7 @@ def plain(value: Any) -> Any:
     """Dataclasses, mapping proxies and tuples as JSON-ready builtins."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "raw"}
-    if isinstance(value, (dict, MappingProxyType)):
+    if isinstance(value, Mapping):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]

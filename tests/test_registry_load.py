@@ -122,3 +122,14 @@ def test_modelindex_library_loads_our_root():
         assert model.weights == entry.weights
         assert model.full_model.paper["URL"] == ours.collection(entry.collection).paper.url
     assert [c.name for c in mi.collections] == ["TF EfficientNet CondConv"]
+
+
+def test_entries_pickle_and_deepcopy(index):
+    """Entries travel with models (torch.save, copy.deepcopy): both must keep them intact."""
+    import copy
+    import pickle
+
+    entry = index.get("tf_efficientnet_cc_b1_8e")
+    for clone in (pickle.loads(pickle.dumps(entry)), copy.deepcopy(entry)):
+        assert clone == entry and dict(clone.raw) == dict(entry.raw)
+        assert clone.result().metrics == entry.result().metrics

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from .. import models
 from .. import throughput as timing
 from .base import INFO, REGRESSION, CheckResult, Context, SkipCheck
 
@@ -53,9 +52,8 @@ def measure(entry: "ModelEntry", ctx: Context, rows: list[CheckResult]) -> list[
     s = ctx.settings
     if s.device == "cuda" and s.cuda_unavailable:
         raise SkipCheck(s.cuda_unavailable)
-    # on the CPU the shared (unmodified) model is timed; on CUDA a fresh copy is moved to the GPU
-    model = ctx.model(entry) if s.device == "cpu" else models.build(entry, ctx.index)
-    model = timing.prepare(model, s.device)
+    # prepare() times a fused copy, so the shared model stays as built for the other checks
+    model = timing.prepare(ctx.model(entry), s.device)
     runs = len(rows) * (s.warmup + s.repeats)
     with ctx.progress.task(f"throughput {entry.id}", total=runs) as advance:
         for row in rows:
@@ -63,7 +61,7 @@ def measure(entry: "ModelEntry", ctx: Context, rows: list[CheckResult]) -> list[
                                repeats=s.repeats, budget_s=s.budget_s, advance=advance)
             row.measured = round(t.images_per_s, 3)
             row.threads = ctx.env.get("threads")
-            row.extra = {**t.to_extra(), "input_size": list(entry.data.input_size)}
+            row.extra = {**t.to_extra(), "input_size": list(entry.data.input_size), "fused": True}
             how = f"median of {len(t.times_s)} runs after {t.warmup} warm-up, {t.dtype}"
             prev = previous(ctx.history, row, ctx.env)
             if prev is None:

@@ -58,6 +58,9 @@ class CondConv2d(nn.Module):
             self.bias = nn.Parameter(torch.empty(num_experts, out_channels))
         else:
             self.register_parameter("bias", None)
+        # Set only by BatchNorm folding (cc_models.fuse): a per-channel shift that is not mixed by the
+        # routing weights. A None buffer stays out of the state dict, which keeps timm's layout.
+        self.register_buffer("static_bias", None)
         self.pointwise = (self.kernel_size == (1, 1) and self.stride == (1, 1) and groups == 1
                           and self.padding == (0, 0) and not self.dynamic_padding)
         self.reset_parameters()
@@ -74,6 +77,8 @@ class CondConv2d(nn.Module):
         """``x``: [B, C, H, W]; ``routing_weights``: [B, num_experts]."""
         weight = torch.matmul(routing_weights, self.weight)  # [B, P]: this sample's kernel
         bias = torch.matmul(routing_weights, self.bias) if self.bias is not None else None
+        if self.static_bias is not None:
+            bias = self.static_bias.expand(x.shape[0], -1) if bias is None else bias + self.static_bias
         if self.pointwise:
             return self._forward_bmm(x, weight, bias)
         return self._forward_grouped(x, weight, bias)
@@ -81,9 +86,11 @@ class CondConv2d(nn.Module):
     def _forward_bmm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         b, c, h, w = x.shape
         # reshape, not view: a channels_last input flattens to a strided view bmm takes as is.
-        out = torch.bmm(weight.view(b, self.out_channels, c), x.reshape(b, c, h * w))
-        if bias is not None:
-            out = out + bias.unsqueeze(-1)
+        weight, x = weight.view(b, self.out_channels, c), x.reshape(b, c, h * w)
+        if bias is None:
+            out = torch.bmm(weight, x)
+        else:  # the bias rides along in the matmul's output pass instead of a second pass over it
+            out = torch.baddbmm(bias.unsqueeze(-1), weight, x)
         return out.view(b, self.out_channels, h, w)
 
     def _forward_grouped(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

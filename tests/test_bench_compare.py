@@ -1,0 +1,60 @@
+"""`cc-bench compare --against timm`: parity first, then timings side by side, stored for the docs."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("timm")
+
+from bench import compare
+from bench.cli import main
+
+
+def test_plain_reference_names():
+    assert compare.plain_reference("tf_efficientnet_cc_b0_4e") == "tf_efficientnet_b0"
+    assert compare.plain_reference("tf_efficientnet_cc_b1_8e") == "tf_efficientnet_b1"
+    assert compare.plain_reference("resnet50") is None
+
+
+@pytest.mark.slow
+def test_compare_runs_and_stores(tmp_path, capsys):
+    code = main(["compare", "tf_efficientnet_cc_b0_4e", "--batch-sizes", "2", "--repeats", "1", "--warmup", "0",
+                 "--no-memory", "--results", str(tmp_path), "--format", "json"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    report = json.loads(out.out)
+    (row,) = report["rows"]
+    assert row["model_id"] == "tf_efficientnet_cc_b0_4e" and row["batch_size"] == 2
+    assert row["ours"] > 0 and row["timm"] > 0 and row["ratio"] == pytest.approx(row["ours"] / row["timm"])
+    assert row["plain_id"] == "tf_efficientnet_b0"
+    parity = report["parity"]["tf_efficientnet_cc_b0_4e"]
+    assert max(parity["unfused"], parity["fused"], parity["fused_channels_last"]) < 1e-4 < parity["logit_scale"]
+    table = pd.read_csv(tmp_path / "results.csv")
+    rows = table[table["check"] == "compare"]
+    assert {"images_per_s_ours", "images_per_s_timm", "ratio"} <= set(rows["metric"])
+
+
+def test_disagreeing_outputs_stop_the_timing(monkeypatch, tmp_path, capsys):
+    """If the two implementations disagree, no timing is reported (exit 1)."""
+    real = compare.paired_models
+
+    def broken(*args, **kwargs):
+        ours, theirs = real(*args, **kwargs)
+        with __import__("torch").no_grad():
+            theirs.classifier.bias.add_(1.0)
+        return ours, theirs
+
+    monkeypatch.setattr(compare, "paired_models", broken)
+    code = main(["compare", "tf_efficientnet_cc_b0_4e", "--batch-sizes", "1", "--repeats", "1", "--no-memory",
+                 "--results", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and "differ from timm" in err
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_without_timm_exits_2(monkeypatch, capsys):
+    monkeypatch.setattr(compare, "_import_timm", lambda: None)
+    assert main(["compare", "--no-store"]) == 2
+    assert "timm is not installed" in capsys.readouterr().err
