@@ -44,22 +44,6 @@ def scale_stage_depth(repeats: int, depth_multiplier: float = 1.0, rounding: str
     raise ValueError(f"unknown depth rounding {rounding!r}; expected 'ceil' or 'round'")
 
 
-class _Shared:
-    """Holds an immutable object that copies of a model share: ``copy.deepcopy`` returns it as is.
-
-    ``ModelEntry`` holds read-only mappings that cannot be deep-copied; sharing
-    them is correct because entries are frozen.
-    """
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __deepcopy__(self, memo: dict) -> "_Shared":
-        return self
-
-
 class EfficientNet(nn.Module):
     """EfficientNet / EfficientNet-CondConv, timm-compatible (names, shapes, outputs).
 
@@ -113,20 +97,10 @@ class EfficientNet(nn.Module):
         self.classifier = self._make_classifier(self.num_classes)
 
         self.is_fused = False
-        self._entry: _Shared | None = None
+        self.entry: ModelEntry | None = None  # the index entry this model was built from (frozen, picklable)
         self.data_config: DataConfig | None = None
         self.pretrained_cfg: dict[str, Any] = {}
         init_weights_goog(self)
-
-    # -- metadata the factory attaches ------------------------------------------------------------------------
-    @property
-    def entry(self) -> ModelEntry | None:
-        """The index entry this model was built from (None when built from a bare config)."""
-        return self._entry.value if self._entry is not None else None
-
-    @entry.setter
-    def entry(self, value: ModelEntry | None) -> None:
-        self._entry = _Shared(value) if value is not None else None
 
     # -- inference form -------------------------------------------------------------------------------------
     def fuse(self) -> "EfficientNet":

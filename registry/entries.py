@@ -242,6 +242,9 @@ class ModelEntry:
     source: SourceLocation
     raw: Mapping[str, Any] = field(default_factory=FrozenDict, repr=False, compare=False)
 
+    def __deepcopy__(self, memo: dict) -> "ModelEntry":
+        return self  # frozen all the way down: copies of a model may share it
+
     def result(self, dataset: str = "ImageNet", task: str = "Image Classification") -> Result | None:
         for r in self.results:
             if r.dataset == dataset and r.task == task:
