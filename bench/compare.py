@@ -343,6 +343,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd models (slow to compile)")
     p.add_argument("--results", default="results", help="results store (default: ./results)")
     p.add_argument("--no-store", action="store_true", help="do not record the run in the results store")
+    p.add_argument("--docs-out", type=Path, default=Path("docs"), help="where the docs pages are regenerated")
+    p.add_argument("--no-docs", action="store_true", help="do not regenerate the docs pages after storing the run")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--memory-probe", choices=("ours", "timm"), help=argparse.SUPPRESS)
 
@@ -389,6 +391,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"cc-bench compare: {exc}", file=sys.stderr)
         return EXIT_FAILED
     stored = None if args.no_store else store_rows(rows, parities, args, environment)
+    docs_note = None
+    if stored and not args.no_docs:
+        from .cli import _render_docs
+
+        docs_note = _render_docs(index, Path(args.results), args.docs_out)["note"]
     if args.format == "json":
         print(json.dumps({"environment": environment, "rows": [asdict(r) for r in rows], "parity": parities,
                           "results_run": str(stored) if stored else None}, indent=2))
@@ -396,6 +403,8 @@ def run(args: argparse.Namespace) -> int:
         print_summary(rows, log)
         if stored:
             log(f"results: {stored}")
+        if docs_note:
+            log(docs_note)
     return EXIT_OK
 
 

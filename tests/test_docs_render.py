@@ -364,3 +364,13 @@ def test_render_after_changing_folder(tmp_path, monkeypatch, results_dir):
     monkeypatch.chdir(tmp_path)
     render_docs(index, results_dir, tmp_path / "docs")
     assert (tmp_path / "docs" / PAGE).is_file()
+
+
+@pytest.mark.parametrize("value, decimals, shown", [
+    (909.85, 0, "910"), (1000.4, 0, "1,000"), (13314116, 3, "13,314,116"), (77.3240, 3, "77.324"),
+    (26.03, 1, "26"), (0.5, 3, "0.5"), (1.4705, 3, "1.47"),
+])
+def test_numbers_are_formatted_without_losing_digits(value, decimals, shown):
+    from registry.docs.figures import fmt_number
+
+    assert fmt_number(value, decimals) == shown

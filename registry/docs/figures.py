@@ -15,7 +15,8 @@ def fmt_number(value: Any, decimals: int = 3) -> str:
         return "" if value is None else str(value)
     if number == int(number) and abs(number) >= 1:
         return f"{int(number):,}"
-    return f"{number:,.{decimals}f}".rstrip("0").rstrip(".")
+    text = f"{number:,.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text  # 909.9 at 0 decimals is "910", not "91"
 
 
 def fmt_giga(value: Any) -> str:

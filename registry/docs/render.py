@@ -204,6 +204,11 @@ class CompareRow:
     ratio: float | None
     state: str
     label: str
+    plain: float | None = None
+    ratio_vs_plain: float | None = None
+    peak_rss_ours: float | None = None
+    peak_rss_timm: float | None = None
+    plain_id: str | None = None
 
 
 def compare_rows(results: Results) -> list[CompareRow]:
@@ -219,7 +224,10 @@ def compare_rows(results: Results) -> list[CompareRow]:
         if ratio is None and ours and timm:
             ratio = ours / timm
         status_row = metrics.get("ratio") or next(iter(metrics.values()))
-        out.append(CompareRow(model_id, batch, ours, timm, ratio, status_row.state, status_row.label))
+        plain_id = status_row.extra.get("plain_reference") if status_row.extra else None
+        out.append(CompareRow(model_id, batch, ours, timm, ratio, status_row.state, status_row.label,
+                              value("images_per_s_plain"), value("ratio_vs_plain"), value("peak_rss_ours"),
+                              value("peak_rss_timm"), plain_id))
     return out
 
 
