@@ -19,6 +19,20 @@ ANCHORS = {
 VARIANTS = tuple(ANCHORS)
 
 
+def timm_and_ours(name: str, seed: int = 1) -> tuple[nn.Module, nn.Module]:
+    """timm's model with randomised weights and ours holding them (loaded strictly), both in eval mode."""
+    import timm
+
+    import cc_models
+
+    torch.manual_seed(0)  # timm's initialisation draws from the global generator
+    size = cc_models.data_config(name).input_size[1:]
+    theirs = randomize_(timm.create_model(name), seed=seed, size=size).eval()
+    ours = cc_models.from_index(name).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    return theirs, ours
+
+
 def fvcore_counts(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     """(total multiply-adds, those inside modules whose class is named CondConv2d)."""
     from fvcore.nn import FlopCountAnalysis

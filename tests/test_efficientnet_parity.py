@@ -9,9 +9,9 @@ timm = pytest.importorskip("timm")
 import cc_models
 
 try:
-    from model_oracle import ANCHORS, VARIANTS, fvcore_counts, max_abs_diff, randomize_
+    from model_oracle import ANCHORS, VARIANTS, fvcore_counts, max_abs_diff, randomize_, timm_and_ours
 except ImportError:  # tests/ imported as a package
-    from tests.model_oracle import ANCHORS, VARIANTS, fvcore_counts, max_abs_diff, randomize_
+    from tests.model_oracle import ANCHORS, VARIANTS, fvcore_counts, max_abs_diff, randomize_, timm_and_ours
 
 TOL = 1e-4
 
@@ -20,11 +20,7 @@ TOL = 1e-4
 def pair(request):
     """(name, ours, timm's) in eval mode, ours holding timm's randomised weights (loaded strictly)."""
     name = request.param
-    torch.manual_seed(0)
-    size = cc_models.data_config(name).input_size[1:]
-    theirs = randomize_(timm.create_model(name), seed=1, size=size).eval()
-    ours = cc_models.from_index(name).eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True)
+    theirs, ours = timm_and_ours(name, seed=1)
     return name, ours, theirs
 
 

@@ -13,9 +13,9 @@ from cc_models.fuse import fold_batchnorm_
 from cc_models.layers import CondConv2d
 
 try:
-    from model_oracle import VARIANTS, max_abs_diff, randomize_
+    from model_oracle import VARIANTS, max_abs_diff, timm_and_ours
 except ImportError:  # tests/ imported as a package
-    from tests.model_oracle import VARIANTS, max_abs_diff, randomize_
+    from tests.model_oracle import VARIANTS, max_abs_diff, timm_and_ours
 
 TOL = 1e-4
 
@@ -23,12 +23,7 @@ TOL = 1e-4
 @pytest.fixture(scope="module", params=VARIANTS)
 def fused_pair(request):
     """(timm's model, ours fused) holding the same randomised weights."""
-    name = request.param
-    size = cc_models.data_config(name).input_size[1:]
-    torch.manual_seed(0)  # timm's initialisation draws from the global generator
-    theirs = randomize_(timm.create_model(name), seed=2, size=size).eval()
-    ours = cc_models.from_index(name).eval()
-    ours.load_state_dict(theirs.state_dict(), strict=True)
+    theirs, ours = timm_and_ours(request.param, seed=2)
     return theirs, ours.fuse()
 
 
