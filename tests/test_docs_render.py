@@ -20,7 +20,7 @@ from registry.docs.markup import sanitize_prose
 from docs_support import IDS, MACS, PARAMS, REPO, hostile_index, hostile_rows, row, write_results
 
 PAGE = "collections/tf-efficientnet-condconv.md"
-ANCHORS = REPO.parent / "shared" / "reference" / "anchors.md"
+ANCHORS = REPO / "tests" / "fixtures" / "reference" / "anchors.md"
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,6 @@ def test_results_page(rendered):
         assert baseline in page
 
 
-@pytest.mark.skipif(not ANCHORS.exists(), reason="shared/reference/anchors.md not present")
 def test_plot_baselines_agree_with_the_anchors():
     """The plain EfficientNet baselines drawn on the results plot, against the independent record."""
     from registry.docs.render import load_baselines

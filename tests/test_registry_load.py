@@ -10,7 +10,7 @@ import pytest
 import model_index
 import registry
 
-ANCHORS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "anchors.md"
+ANCHORS = Path(__file__).resolve().parent / "fixtures" / "reference" / "anchors.md"
 VARIANTS = ("tf_efficientnet_cc_b0_4e", "tf_efficientnet_cc_b0_8e", "tf_efficientnet_cc_b1_8e")
 
 
@@ -62,7 +62,6 @@ def _anchor_table(title: str) -> dict[str, list[str]]:
     return rows
 
 
-@pytest.mark.skipif(not ANCHORS.exists(), reason="shared/reference/anchors.md not present")
 def test_claims_agree_with_published_anchors(index):
     """The index's claims against an independent record (anchors.md), not against our own output."""
     arch = _anchor_table("## Architecture facts")
