@@ -23,8 +23,9 @@ def _fail(message: str, code: int = EXIT_INVALID) -> int:
 def cli_docs(args: argparse.Namespace) -> int:
     index = index_mod.load(args.index)
     try:
+        results = read_results(args.results)  # read once: for the pages and for the summary line
         if args.check:
-            report = check_docs(index, args.results, args.out)
+            report = check_docs(index, results, args.out)
             if report.ok:
                 print(f"docs up to date: {report.checked} files in {args.out}")
                 return EXIT_OK
@@ -33,14 +34,13 @@ def cli_docs(args: argparse.Namespace) -> int:
             print(f"docs are stale ({len(report.problems)} of {report.checked} files); "
                   f"run `cc-registry docs --out {args.out}` and commit the result", file=sys.stderr)
             return EXIT_INVALID
-        paths = render_docs(index, args.results, args.out)
+        paths = render_docs(index, results, args.out)
     except ResultsStoreError as exc:
         return _fail(f"cannot read the results store: {exc}")
     except DocsError as exc:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"cannot write the pages: {exc}", EXIT_USAGE)
-    results = read_results(args.results)
     origin = f"results from {results.source}" if results.has_runs else "no bench run recorded"
     print(f"rendered {len(paths)} files into {args.out} ({origin})")
     return EXIT_OK

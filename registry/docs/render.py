@@ -518,14 +518,20 @@ def _load(index: ModelIndex | str | Path | None) -> ModelIndex:
     return load(index)
 
 
+def _results(results: Results | str | Path | None) -> Results:
+    """An already-read store as it is, else the store at that path."""
+    return results if isinstance(results, Results) else read_results(results)
+
+
 def render_docs(index: ModelIndex | str | Path | None = None, results_dir: str | Path | None = "results",
                 out_dir: str | Path = "docs") -> list[Path]:
     """Render every page into ``out_dir`` (atomically, only files that changed are rewritten).
 
     Returns the paths of all generated files. Files of earlier renderings that this one does not
-    produce are removed. ``index``: a ModelIndex, a path, or None for the packaged index.
+    produce are removed. ``index``: a ModelIndex, a path, or None for the packaged index;
+    ``results_dir``: the results store's folder, or a ``Results`` already read from it.
     """
-    files = render_pages(_load(index), read_results(results_dir))
+    files = render_pages(_load(index), _results(results_dir))
     out = Path(out_dir)
     written = []
     for rel, rendered in files.items():
@@ -555,7 +561,7 @@ def check_docs(index: ModelIndex | str | Path | None = None, results_dir: str | 
     Pages must be byte-identical. A plot passes when its bytes match or when it was drawn from the
     same data (its embedded fingerprint matches): matplotlib builds may differ in their pixels.
     """
-    files = render_pages(_load(index), read_results(results_dir))
+    files = render_pages(_load(index), _results(results_dir))
     out = Path(out_dir)
     problems = []
     for rel, rendered in files.items():
