@@ -1,290 +1,158 @@
-"""Read and verify checkpoint files: hashes, safetensors headers, state dicts.
+"""Read a checkpoint file as untrusted input: bounded, never unpickling objects, checked against the model.
 
-Checkpoints are untrusted input. Safetensors files are parsed (header and
-sizes) before any tensor is read; ``.pth``/``.bin`` files go only through
-``torch.load(weights_only=True)``, never plain pickle.
-
->>> sd = read_state_dict("model.safetensors", expected_sha256=None)   # doctest: +SKIP
->>> diff = compare_state_dicts(model.state_dict(), sd)                 # doctest: +SKIP
->>> diff.ok                                                            # doctest: +SKIP
-True
+* Size: at most ``max_bytes`` on disk (the caller derives it from the model), and for a zip-based
+  ``.pth`` the uncompressed total too, at most ``CC_CHECKPOINT_MAX_RATIO`` (default 10) times the
+  archive: both from ``stat`` and the zip's central directory, before anything is decompressed.
+* Safetensors through ``safe_open`` (which validates the header and offsets); ``.pth``/``.bin`` only
+  through ``torch.load(weights_only=True)``, memory-mapped when the archive stores its entries.
+* ``fit(skeleton)`` sees every tensor's key, shape and dtype before data is read where the format
+  allows (safetensors: meta tensors from the header; mapped ``.pth``: pages not yet touched).
+* Every tensor must be dense, hold data, and every floating-point value must be finite.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
 import pickle
-import re
-import struct
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 
-from .errors import ChecksumMismatchError, CorruptCheckpointError, StateDictMismatchError, UnsafeCheckpointError
+from .errors import CorruptCheckpointError, StateDictMismatchError, UnsafeCheckpointError
 
-__all__ = [
-    "StateDictDiff",
-    "check_state_dict",
-    "compare_state_dicts",
-    "detect_format",
-    "is_sha256",
-    "read_state_dict",
-    "sha256_file",
-    "validate_safetensors",
-    "verify_sha256",
-]
+__all__ = ["RATIO_ENV", "check_state_dict", "read_state_dict"]
 
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-SAFETENSORS_SUFFIXES = (".safetensors",)
-TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
-_MAX_HEADER = 100 * 1024 * 1024  # the safetensors spec's own limit
-_DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8, "C64": 8,
-}
-_CHUNK = 1024 * 1024
+RATIO_ENV, DEFAULT_RATIO = "CC_CHECKPOINT_MAX_RATIO", 10.0
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool, "C64": torch.complex64}
+AGAIN = "the file is truncated or corrupt; delete it and download it again"
 
 
-def is_sha256(value: str | None) -> bool:
-    """True when ``value`` is a lowercase 64-hex digest (how the Hub spells LFS ETags)."""
-    return bool(value) and SHA256_RE.fullmatch(value) is not None  # type: ignore[arg-type]
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_sha256(path: str | os.PathLike[str], expected: str, *, source: str = "index",
-                  hint: str | None = None) -> str:
-    """Check that ``path`` hashes to ``expected`` (a full digest or a prefix, e.g. torch.hub's 8 digits).
-
-    Returns the full digest; raises :class:`ChecksumMismatchError` otherwise.
-    """
-    expected = expected.strip().lower()
-    actual = sha256_file(path)
-    if not actual.startswith(expected) or not expected:
-        what = "SHA-256 prefix" if len(expected) < 64 else "SHA-256"
-        raise ChecksumMismatchError(
-            f"{what} mismatch for {path}: expected {expected} (from the {source}), got {actual}",
-            hint or "the file is corrupt or not the one the index names; delete it and download it again, "
-                    "or fix the checksum in the model index if the upstream file really changed",
-            path=str(path), expected=expected, actual=actual, source=source,
-        )
-    return actual
-
-
-def detect_format(path: str | os.PathLike[str]) -> str:
-    """``"safetensors"`` or ``"torch"``, from the suffix, else from the first bytes."""
-    name = str(path).lower()
-    if name.endswith(SAFETENSORS_SUFFIXES):
-        return "safetensors"
-    if name.endswith(TORCH_SUFFIXES):
-        return "torch"
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
-        return "torch"  # zip archive (torch >= 1.6) or a legacy pickle stream
-    if len(head) >= 9 and head[8:9] == b"{":
-        return "safetensors"
-    raise CorruptCheckpointError(
-        f"{path}: not a safetensors file nor a torch checkpoint (unknown suffix and content)",
-        "pass a .safetensors, .pth or .bin file", path=str(path),
-    )
-
-
-def validate_safetensors(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Parse a safetensors header and check every tensor fits the file, without reading tensor data.
-
-    Returns the header (tensor name -> ``{"dtype", "shape", "data_offsets"}``,
-    plus ``__metadata__`` when present). Raises :class:`CorruptCheckpointError`
-    for a truncated file, a malformed header, or sizes that do not add up.
-    """
-    hint = "the file is truncated or corrupt; delete it and download it again"
-    size = os.path.getsize(path)
-
-    def bad(msg: str) -> CorruptCheckpointError:
-        return CorruptCheckpointError(f"{path}: invalid safetensors file: {msg}", hint, path=str(path))
-
-    if size < 8:
-        raise bad(f"only {size} bytes, shorter than the 8-byte header length")
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n > _MAX_HEADER or 8 + n > size:
-            raise bad(f"header claims {n} bytes but the file has {size - 8} after the length field")
-        raw = f.read(n)
+def _ratio() -> float:
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise bad(f"header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise bad("header is not a JSON object")
-    data_len = size - 8 - n
-    spans: list[tuple[int, int, str]] = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-            begin, end = int(begin), int(end)
-            numel = math.prod(int(d) for d in shape)
-        except (KeyError, TypeError, ValueError):
-            raise bad(f"tensor {name!r} has a malformed entry {info!r}") from None
-        if not 0 <= begin <= end:
-            raise bad(f"tensor {name!r} has offsets [{begin}, {end}]")
-        if dtype in _DTYPE_BYTES and end - begin != numel * _DTYPE_BYTES[dtype]:
-            raise bad(f"tensor {name!r} {dtype}{tuple(shape)} needs {numel * _DTYPE_BYTES[dtype]} bytes, "
-                      f"its offsets give {end - begin}")
-        spans.append((begin, end, name))
-    spans.sort()
-    expected_end = 0
-    for begin, end, name in spans:
-        if begin != expected_end:
-            raise bad(f"tensor {name!r} starts at {begin}, expected {expected_end} (gap or overlap)")
-        expected_end = end
-    if expected_end != data_len:
-        verb = "truncated" if expected_end > data_len else "has trailing bytes"
-        raise bad(f"{verb}: tensors need {expected_end} data bytes, the file holds {data_len}")
-    return header
+        return max(1.0, float(os.environ.get(RATIO_ENV) or DEFAULT_RATIO))
+    except ValueError:
+        return DEFAULT_RATIO
 
 
-def _unwrap(obj: Any, path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+def _bounded(path: Path, max_bytes: int) -> str:
+    """Check sizes before reading; the format: "zip" (memory-mappable), "zipped" (compressed), "pickle" or "other"."""
+    if not path.is_file():
+        raise CorruptCheckpointError(f"{path}: not a regular file", "pass a checkpoint file", path=str(path))
+    size = path.stat().st_size
+    if size == 0 or size > max_bytes:
+        raise CorruptCheckpointError(f"{path}: {size:,} bytes, outside (0, {max_bytes:,}] for this model",
+                                     "pass this model's checkpoint", path=str(path))
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":
+        return "pickle" if magic[:1] == b"\x80" else "other"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CorruptCheckpointError(f"{path}: truncated or damaged torch checkpoint ({exc})", AGAIN,
+                                     path=str(path)) from None
+    unpacked = sum(i.file_size for i in infos)
+    if unpacked > max_bytes or unpacked > _ratio() * size:
+        raise CorruptCheckpointError(f"{path}: unpacks to {unpacked:,} bytes from {size:,} (limits: {max_bytes:,} "
+                                     f"bytes for this model, {RATIO_ENV}={_ratio():g} times the file)",
+                                     "torch.save never compresses; this archive is not a plain checkpoint",
+                                     path=str(path))
+    return "zip" if all(i.compress_type == zipfile.ZIP_STORED for i in infos) else "zipped"
+
+
+def _torch_load(path: Path, mmap: bool) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"{path}: torch.load(weights_only=True) refused it: it holds objects other than tensors and plain "
+            f"containers ({str(exc).splitlines()[0]})", "cc_models never unpickles arbitrary objects; convert the "
+            "checkpoint to safetensors in a trusted environment", path=str(path)) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CorruptCheckpointError(f"{path}: unreadable torch checkpoint ({str(exc).splitlines()[0]})", AGAIN,
+                                     path=str(path)) from exc
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(k, str) for k in inner):
-                obj = inner
+            if isinstance(obj.get(key), Mapping) and obj[key]:
+                obj = obj[key]
                 break
-    if not isinstance(obj, Mapping) or not obj:
-        raise CorruptCheckpointError(
-            f"{path}: holds no state dict (a {type(obj).__name__})",
-            "pass a checkpoint saved with torch.save(model.state_dict()) or safetensors", path=str(path),
-        )
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CorruptCheckpointError(
-            f"{path}: state dict entries that are not tensors: {', '.join(map(repr, bad[:5]))}",
-            "pass a plain state dict of tensors", path=str(path),
-        )
-    keys = list(obj)
-    if all(k.startswith("module.") for k in keys):  # saved from DataParallel / DDP
-        return {k[len("module."):]: v for k, v in obj.items()}
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                          for k, v in obj.items()):
+        raise CorruptCheckpointError(f"{path}: holds no state dict of named tensors (a {type(obj).__name__})",
+                                     "pass a checkpoint saved with torch.save(model.state_dict()) or safetensors",
+                                     path=str(path))
+    if all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    for key, value in obj.items():
+        if value.layout != torch.strided or value.is_meta or value.is_quantized:
+            raise CorruptCheckpointError(f"{path}: tensor {key!r} is {value.layout}, device {value.device}: "
+                                         "not plain dense weights", "pass a checkpoint of dense tensors",
+                                         path=str(path))
     return dict(obj)
 
 
-def read_state_dict(path: str | os.PathLike[str], *, expected_sha256: str | None = None,
-                    sha256_source: str = "index") -> dict[str, torch.Tensor]:
-    """Read a checkpoint file into a ``{name: tensor}`` dict on the CPU, verified first.
+def read_state_dict(path: str | os.PathLike[str], *, max_bytes: int,
+                    fit: Callable[[Mapping[str, torch.Tensor]], Iterable[str]] = lambda sd: sd,
+                    ) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors (CPU) that ``fit`` selects, after it accepted their keys, shapes and dtypes.
 
-    ``expected_sha256`` (full digest or prefix) is checked before the file is
-    parsed. Safetensors headers are validated before tensors are read;
-    ``.pth``/``.bin`` load with ``weights_only=True`` (a ``state_dict`` or
-    ``model`` wrapper and a ``module.`` prefix are unwrapped).
+    Raises CorruptCheckpointError / UnsafeCheckpointError, or whatever ``fit`` raises.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CorruptCheckpointError(f"{path}: no such file", "check the path", path=str(path))
-    if expected_sha256:
-        verify_sha256(path, expected_sha256, source=sha256_source)
-    if path.stat().st_size == 0:
-        raise CorruptCheckpointError(f"{path}: empty file", "delete it and download it again", path=str(path))
-    fmt = detect_format(path)
-    if fmt == "safetensors":
-        validate_safetensors(path)
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+    kind = _bounded(path, max_bytes)
+    if path.suffix == ".safetensors" or kind == "other":
+        from safetensors import SafetensorError, safe_open
 
         try:
-            return _unwrap(load_file(str(path), device="cpu"), path)
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise CorruptCheckpointError(f"{path}: unreadable safetensors file ({exc})",
-                                         "delete it and download it again", path=str(path)) from exc
-    with open(path, "rb") as f:
-        is_zip_magic = f.read(4) == b"PK\x03\x04"
-    if is_zip_magic and not zipfile.is_zipfile(path):
-        raise CorruptCheckpointError(f"{path}: truncated or damaged torch checkpoint (the zip archive has no "
-                                     "readable central directory)",
-                                     "delete it and download it again", path=str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsafeCheckpointError(
-            f"{path}: torch.load(weights_only=True) refused it: it holds objects other than tensors "
-            f"and plain containers ({str(exc).splitlines()[0]})",
-            "cc_models never unpickles arbitrary objects; convert the checkpoint to safetensors "
-            "(or a plain state dict) in a trusted environment",
-            path=str(path),
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CorruptCheckpointError(f"{path}: unreadable torch checkpoint ({str(exc).splitlines()[0]})",
-                                     "the file is truncated or corrupt; delete it and download it again",
-                                     path=str(path)) from exc
-    return _unwrap(obj, path)
-
-
-@dataclass
-class StateDictDiff:
-    """How a checkpoint's keys and shapes differ from a model's."""
-
-    missing: list[str] = field(default_factory=list)  # in the model, not in the checkpoint
-    unexpected: list[str] = field(default_factory=list)  # in the checkpoint, not in the model
-    shape_mismatches: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.unexpected or self.shape_mismatches)
-
-    def describe(self, limit: int = 5) -> str:
-        """One line per kind of difference, naming the first ``limit`` keys of each."""
-
-        def head(items: list[str]) -> str:
-            more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
-            return ", ".join(items[:limit]) + more
-
-        parts = []
-        if self.shape_mismatches:
-            items = [f"{k} checkpoint {tuple(c)} vs model {tuple(m)}" for k, c, m in self.shape_mismatches]
-            parts.append(f"{len(items)} shape mismatch(es): {head(items)}")
-        if self.missing:
-            parts.append(f"{len(self.missing)} key(s) missing from the checkpoint: {head(self.missing)}")
-        if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unexpected key(s) in the checkpoint: {head(self.unexpected)}")
-        return "; ".join(parts) if parts else "state dicts match"
-
-
-def compare_state_dicts(model_sd: Mapping[str, torch.Tensor],
-                        checkpoint_sd: Mapping[str, torch.Tensor]) -> StateDictDiff:
-    """Keys and shapes of ``checkpoint_sd`` against ``model_sd`` (order of the model's keys)."""
-    diff = StateDictDiff()
-    for key, ref in model_sd.items():
-        if key not in checkpoint_sd:
-            diff.missing.append(key)
-        elif tuple(checkpoint_sd[key].shape) != tuple(ref.shape):
-            diff.shape_mismatches.append((key, tuple(checkpoint_sd[key].shape), tuple(ref.shape)))
-    diff.unexpected = [k for k in checkpoint_sd if k not in model_sd]
-    return diff
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                skeleton = {}
+                for key in f.keys():
+                    piece = f.get_slice(key)
+                    if piece.get_dtype() not in _SAFETENSORS_DTYPES:
+                        raise StateDictMismatchError(f"{path}: tensor {key!r} has dtype {piece.get_dtype()}",
+                                                     "pass a floating-point checkpoint of this model")
+                    skeleton[key] = torch.empty(piece.get_shape(), dtype=_SAFETENSORS_DTYPES[piece.get_dtype()],
+                                                device="meta")
+                state_dict = {key: f.get_tensor(key) for key in fit(skeleton)}
+        except (SafetensorError, OSError) as exc:
+            raise CorruptCheckpointError(f"{path}: neither a torch checkpoint nor a readable safetensors file ({exc})",
+                                         AGAIN,
+                                         path=str(path)) from exc
+    else:
+        loaded = _torch_load(path, mmap=kind == "zip")
+        state_dict = {key: loaded[key] for key in fit(loaded)}
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CorruptCheckpointError(f"{path}: NaN or Inf in {len(bad)} tensor(s): {', '.join(bad[:5])}",
+                                     "these are not trained weights; " + AGAIN, path=str(path))
+    return state_dict
 
 
 def check_state_dict(model_sd: Mapping[str, torch.Tensor], checkpoint_sd: Mapping[str, torch.Tensor], *,
-                     source: str = "checkpoint", limit: int = 5) -> StateDictDiff:
-    """Raise :class:`StateDictMismatchError` unless keys and shapes match exactly."""
-    diff = compare_state_dicts(model_sd, checkpoint_sd)
-    if not diff.ok:
+                     source: str = "checkpoint", limit: int = 5) -> None:
+    """Raise StateDictMismatchError unless keys, shapes and kinds of dtype (float / integer) match the model's."""
+    missing = [k for k in model_sd if k not in checkpoint_sd]
+    unexpected = [k for k in checkpoint_sd if k not in model_sd]
+    shapes = [(k, tuple(checkpoint_sd[k].shape), tuple(v.shape)) for k, v in model_sd.items()
+              if k in checkpoint_sd and tuple(checkpoint_sd[k].shape) != tuple(v.shape)]
+    dtypes = [f"{k} {checkpoint_sd[k].dtype} for {v.dtype}" for k, v in model_sd.items() if k in checkpoint_sd
+              and (checkpoint_sd[k].is_floating_point(), checkpoint_sd[k].is_complex()) != (v.is_floating_point(),
+                                                                                          v.is_complex())]
+
+    def head(items: list) -> str:
+        return ", ".join(map(str, items[:limit])) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+    parts = [f"{len(shapes)} shape mismatch(es): " + head([f"{k} checkpoint {c} vs model {m}" for k, c, m in shapes])
+             ] if shapes else []
+    parts += [f"{len(dtypes)} dtype mismatch(es): {head(dtypes)}"] if dtypes else []
+    parts += [f"{len(missing)} key(s) missing from the checkpoint: {head(missing)}"] if missing else []
+    parts += [f"{len(unexpected)} unexpected key(s) in the checkpoint: {head(unexpected)}"] if unexpected else []
+    if parts:
         raise StateDictMismatchError(
-            f"{source} does not fit the model: {diff.describe(limit)}",
-            "check that the model id, its architecture config and the checkpoint belong together "
-            "(pass num_classes= to re-initialise only the classifier)",
-            missing=diff.missing, unexpected=diff.unexpected, shape_mismatches=diff.shape_mismatches,
-        )
-    return diff
+            f"{source} does not fit the model: {'; '.join(parts)}", "check that the model id, its architecture and "
+            "the checkpoint belong together (num_classes= re-initialises only the classifier)",
+            missing=missing, unexpected=unexpected, shape_mismatches=shapes)

@@ -16,11 +16,18 @@ Two real HTTP servers in background threads:
 Both also serve plain static files (``add_static``) for torch.hub-style release downloads.
 Responses are HTTP/1.0 (one connection per request), so a stopped server refuses at once.
 
+Faults are injected per request (``hub.inject(Fault(...))``): another status with its headers (a 429
+with ``Retry-After``, a 5xx, a redirect loop, a 404 from the CDN), a body cut after N bytes, a body
+trickled at N bytes/s, or ``Range`` ignored; each for the next ``times`` matching requests (-1: all).
+
 Fixtures (import them into a test module: ``from hub_server import fake_hub, hub_env``):
 
-* ``hub_env``: HF_HOME / HF_HUB_CACHE in ``tmp_path``, HF_HUB_OFFLINE unset, and any socket
-  connection to a non-loopback address raises, so no test can reach the internet;
-* ``fake_hub``: a started :class:`FakeHub` with ``HF_ENDPOINT`` pointing at it.
+* ``hub_env``: HF_HOME / HF_HUB_CACHE in ``tmp_path``, online, and any socket connection to a
+  non-loopback address raises, so no test can reach the internet;
+* ``fake_hub``: a started :class:`FakeHub` with the endpoint pointing at it.
+
+huggingface_hub reads ``HF_ENDPOINT``, ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` once, at import: in a
+test process they are set on ``huggingface_hub.constants`` (``go_offline(monkeypatch)``).
 """
 from __future__ import annotations
 
@@ -28,7 +35,8 @@ import hashlib
 import json
 import socket
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 from urllib.parse import unquote, urlsplit
@@ -78,6 +86,21 @@ class ServedFile:
 
 
 @dataclass
+class Fault:
+    """What goes wrong on the next ``times`` requests to ``role`` ("hub" or "cdn") whose path holds ``path``."""
+
+    role: str
+    status: int | None = None  # answer this instead, with ``headers``
+    headers: dict[str, str] = field(default_factory=dict)
+    cut_after: int | None = None  # send this many body bytes of the answer, then close
+    rate: float | None = None  # body bytes per second
+    ignore_range: bool = False
+    stall: float = 0.0  # seconds of silence after the headers
+    times: int = 1
+    path: str = ""
+
+
+@dataclass
 class Static:
     data: bytes
     content_length: int | None = None  # to announce more than is sent (a cut transfer)
@@ -97,6 +120,8 @@ class FakeHub:
         self.files: dict[tuple[str, str, str], ServedFile] = {}  # (repo, commit, filename)
         self.static: dict[str, Static] = {}
         self.requests: list[tuple[str, str, str]] = []  # (server, method, path)
+        self.faults: list[Fault] = []
+        self.strip_headers: tuple[str, ...] = ()  # headers the Hub leaves out (e.g. "X-Linked-Etag")
         self._lock = threading.Lock()
         self._generation = 0
         self._servers: list[ThreadingHTTPServer] = []
@@ -150,6 +175,17 @@ class FakeHub:
         for spec in self.files.values():
             if spec.lfs and spec.reported_sha256 == digest:
                 return spec
+        return None
+
+    def inject(self, *faults: Fault) -> None:
+        self.faults.extend(faults)
+
+    def take_fault(self, role: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.role == role and fault.path in path and fault.times != 0:
+                    fault.times -= 1
+                    return fault
         return None
 
     def count(self, method: str | None = None, contains: str = "") -> int:
@@ -208,18 +244,35 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch(head=False)
 
     # ---------------------------------------------------------------------------------------- helpers
+    fault: Fault | None = None
+
     def _send(self, status: int, headers: dict[str, str], body: bytes, head: bool,
               content_length: int | None = None) -> None:
         self.send_response(status)
         for k, v in headers.items():
-            self.send_header(k, v)
+            if k not in self.fake.strip_headers:
+                self.send_header(k, v)
         self.send_header("Content-Length", str(len(body) if content_length is None else content_length))
         self.end_headers()
-        if not head and body:
-            try:
+        fault = self.fault
+        if fault is not None and fault.cut_after is not None:
+            body = body[:fault.cut_after]
+        if head or not body:
+            return
+        if fault is not None and fault.stall:
+            self.wfile.flush()
+            time.sleep(fault.stall)
+        try:
+            if fault is not None and fault.rate:
+                step = max(1, int(fault.rate // 10))
+                for i in range(0, len(body), step):
+                    self.wfile.write(body[i:i + step])
+                    self.wfile.flush()
+                    time.sleep(step / fault.rate)
+            else:
                 self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def _error(self, status: int, code: str | None, message: str, head: bool,
                extra: dict[str, str] | None = None) -> None:
@@ -234,6 +287,9 @@ class _Handler(BaseHTTPRequestHandler):
         with fake._lock:
             fake.requests.append((role, self.command, self.path))
         path = urlsplit(self.path).path
+        self.fault = fake.take_fault(role, self.path)
+        if self.fault is not None and self.fault.status is not None:
+            return self._send(self.fault.status, {**self.fault.headers}, b"injected fault", head)
         if role == "cdn":
             return self._cdn(path, head)
         if path in fake.static:
@@ -275,7 +331,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, None, "NoSuchKey", head)
         body = spec.served
         headers = {"ETag": f'"{digest}"', "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
-        rng = self.headers.get("Range", "")
+        rng = "" if self.fault is not None and self.fault.ignore_range else self.headers.get("Range", "")
         if rng.startswith("bytes=") and rng[6:].split("-")[0].isdigit():
             start = int(rng[6:].split("-")[0])
             headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
@@ -292,6 +348,22 @@ def _guard(address: object) -> None:
         raise ConnectionRefusedError(f"tests may not reach the network (tried {address!r})")
 
 
+def go_offline(monkeypatch) -> None:
+    """``HF_HUB_OFFLINE=1`` for this process (huggingface_hub read the variable at import)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def set_endpoint(monkeypatch, endpoint: str) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+
+
 @pytest.fixture
 def hub_env(tmp_path, monkeypatch):
     """An isolated Hub environment: cache in ``tmp_path``, online, no route off the machine."""
@@ -300,11 +372,14 @@ def hub_env(tmp_path, monkeypatch):
     hf_home = tmp_path / "hf_home"
     monkeypatch.setenv("HF_HOME", str(hf_home))
     monkeypatch.setenv("HF_HUB_CACHE", str(hf_home / "hub"))
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port until a server is attached
+    monkeypatch.setattr(constants, "HF_HOME", str(hf_home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hf_home / "hub"))
+    set_endpoint(monkeypatch, "http://127.0.0.1:9")  # discard port until a server is attached
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_ETAG_TIMEOUT"):
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_ETAG_TIMEOUT",
+                "CC_HUB_DOWNLOAD_DEADLINE", "CC_HUB_DOWNLOAD_BYTE_FACTOR", "CC_CHECKPOINT_MAX_RATIO"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     # huggingface_hub's user-agent telemetry fetches {import-time ENDPOINT}/api/agent-harnesses once a process
@@ -338,7 +413,7 @@ def hub_env(tmp_path, monkeypatch):
 def fake_hub(hub_env, monkeypatch) -> Iterator[FakeHub]:
     """A running :class:`FakeHub`, with ``HF_ENDPOINT`` pointing at it."""
     hub = FakeHub().start()
-    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    set_endpoint(monkeypatch, hub.endpoint)
     try:
         yield hub
     finally:

@@ -1,8 +1,9 @@
-"""cc_models.hub against a Hub on 127.0.0.1: download, cache, offline, integrity, typed errors."""
+"""cc_models.hub against a Hub and CDN on 127.0.0.1: download, cache, offline, integrity, faults, typed errors."""
 from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,14 +17,17 @@ from cc_models.errors import (
     ChecksumMismatchError,
     CorruptCheckpointError,
     OfflineError,
+    UnpinnedWeightsWarning,
     WeightsError,
     WeightsNotFoundError,
 )
 
 try:
-    from hub_server import FakeHub, fake_hub, hub_env, sha256  # noqa: F401  (fixtures)
+    from hub_server import FakeHub, Fault, fake_hub, go_offline, hub_env, set_endpoint, sha256  # noqa: F401
 except ImportError:  # tests/ imported as a package
-    from tests.hub_server import FakeHub, fake_hub, hub_env, sha256  # noqa: F401
+    from tests.hub_server import FakeHub, Fault, fake_hub, go_offline, hub_env, set_endpoint, sha256  # noqa: F401
+
+pytestmark = pytest.mark.filterwarnings("ignore::cc_models.errors.UnpinnedWeightsWarning")
 
 REPO = "test-org/tiny.in1k"
 FILE = "model.safetensors"
@@ -55,62 +59,44 @@ def blobs_and_snapshots(hf_home: Path) -> list[str]:
     return [p for p in cache_files(hf_home) if "/blobs/" in p or "/snapshots/" in p]
 
 
-# ------------------------------------------------------------------------------------------------ settings
-
-
-def test_settings_are_read_at_call_time(hub_env, monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:1234/")
-    s = hub.hub_settings()
-    assert s.endpoint == "http://127.0.0.1:1234"
-    assert s.cache_dir == str(hub_env / "hub")
-    assert s.offline is False
-    monkeypatch.delenv("HF_HUB_CACHE")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "other"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    s = hub.hub_settings()
-    assert s.cache_dir == str(tmp_path / "other" / "hub")
-    assert s.offline is True
-
-
 # ------------------------------------------------------------------------------------------------ the happy path
 
 
 def test_download_fetches_through_the_hub_protocol_and_verifies(served, payload, hub_env):
-    f = hub.fetch(location())
+    with pytest.warns(UnpinnedWeightsWarning, match="pins no SHA-256"):
+        f = hub.fetch(location())
     assert f.path.read_bytes() == payload
-    assert f.from_cache is False
-    assert f.server_sha256 == sha256(payload)
-    assert f.verified_sha256 == sha256(payload)
+    assert f.sha256 == sha256(payload)
     assert "X-Linked-Etag" in f.verified_against
     assert f.commit_hash == served.refs[REPO]["main"]
     # the standard cache layout: refs/main -> commit, snapshot symlink -> blob named by the LFS sha256
     repo_dir = hub_env / "hub" / "models--test-org--tiny.in1k"
     assert (repo_dir / "refs" / "main").read_text() == f.commit_hash
     assert f.path.is_symlink() and Path(os.path.realpath(f.path)) == repo_dir / "blobs" / sha256(payload)
-    # HEAD on the Hub (probe + huggingface_hub), then one GET on the CDN origin
-    assert served.count("HEAD", f"/{REPO}/resolve/main/{FILE}") >= 1
+    # one HEAD on the Hub, then one GET on the CDN origin
+    assert served.count("HEAD", f"/{REPO}/resolve/main/{FILE}") == 1
     assert served.count("GET", "/cdn/") == 1
 
 
 def test_second_call_offline_loads_from_the_cache_without_network(served, payload, monkeypatch):
     hub.fetch(location())
     served.stop()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    go_offline(monkeypatch)
     f = hub.fetch(location())
-    assert f.from_cache is True
     assert f.path.read_bytes() == payload
-    assert f.verified_sha256 == sha256(payload)  # checked against the blob's digest name
+    assert f.sha256 == sha256(payload) and "LFS SHA-256" in f.verified_against  # the blob's digest name
 
 
 def test_second_online_call_uses_the_cache(served):
     hub.fetch(location())
-    f = hub.fetch(location())
-    assert f.from_cache is True
+    hub.fetch(location())
     assert served.count("GET", "/cdn/") == 1
 
 
 def test_index_sha256_is_checked_when_present(served, payload):
-    f = hub.fetch(location(sha256=sha256(payload)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnpinnedWeightsWarning)  # pinned: no warning
+        f = hub.fetch(location(sha256=sha256(payload)))
     assert f.verified_against == "model index"
 
 
@@ -119,7 +105,7 @@ def test_pinned_commit_revision(served, payload, monkeypatch):
     f = hub.fetch(location(), revision=commit)
     assert f.commit_hash == commit and f.path.read_bytes() == payload
     served.stop()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    go_offline(monkeypatch)
     assert hub.fetch(location(), revision=commit).path == f.path
 
 
@@ -138,7 +124,24 @@ def test_non_lfs_file_downloads(fake_hub):
     fake_hub.add_file(REPO, FILE, data, lfs=False)
     f = hub.fetch(location())
     assert f.path.read_bytes() == data
-    assert f.server_sha256 is None and f.verified_against is None  # git oid, not a sha256: parse check only
+    assert "git blob id" in f.verified_against
+
+
+def test_non_lfs_file_whose_body_does_not_match_its_git_oid(fake_hub, hub_env):
+    data = save({"x": torch.arange(3.0)})
+    fake_hub.add_file(REPO, FILE, data, lfs=False, body=save({"x": torch.ones(3)}))
+    with pytest.raises(ChecksumMismatchError, match="git blob id"):
+        hub.fetch(location())
+    assert blobs_and_snapshots(hub_env) == []
+
+
+def test_lfs_redirect_without_linked_etag_is_not_trusted(fake_hub, payload, hub_env):
+    fake_hub.add_file(REPO, FILE, payload)
+    fake_hub.strip_headers = ("X-Linked-Etag",)  # the blob is then named by the pointer's git oid
+    with pytest.raises(ChecksumMismatchError):
+        hub.fetch(location())
+    # pinned, the same answer loads: the index's SHA-256 is the authority
+    assert hub.fetch(location(sha256=sha256(payload))).path.read_bytes() == payload
 
 
 # ------------------------------------------------------------------------------------------------ not found
@@ -160,8 +163,8 @@ def test_missing_file(served):
 def test_missing_file_remembered_offline(served, monkeypatch):
     with pytest.raises(WeightsNotFoundError):
         hub.fetch(location(filename="nope.safetensors"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(WeightsNotFoundError) as err:
+    go_offline(monkeypatch)
+    with pytest.raises((WeightsNotFoundError, OfflineError)) as err:
         hub.fetch(location(filename="nope.safetensors"))
     assert "HF_HUB_OFFLINE" in str(err.value)
 
@@ -176,7 +179,7 @@ def test_missing_revision(served):
 
 
 def test_offline_and_not_cached(served, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    go_offline(monkeypatch)
     with pytest.raises(OfflineError) as err:
         hub.fetch(location())
     msg = str(err.value)
@@ -184,30 +187,31 @@ def test_offline_and_not_cached(served, monkeypatch):
     assert served.count() == 0  # offline means no request at all
 
 
-def test_stopped_server_not_cached_fails_fast(served):
+def test_stopped_server_not_cached_ends_at_the_deadline(served, monkeypatch):
+    monkeypatch.setenv("CC_HUB_DOWNLOAD_DEADLINE", "0.5")  # huggingface_hub retries a refused connection
     served.stop()
     start = time.monotonic()
     with pytest.raises(OfflineError) as err:
         hub.fetch(location())
     assert time.monotonic() - start < 5
-    assert "HF_ENDPOINT" in str(err.value) and served.endpoint in str(err.value)
+    assert "CC_HUB_DOWNLOAD_DEADLINE" in str(err.value) and served.endpoint in str(err.value)
 
 
 def test_stopped_server_falls_back_to_cache(served, payload):
     hub.fetch(location())
     served.stop()
     f = hub.fetch(location())
-    assert f.from_cache and f.path.read_bytes() == payload
+    assert f.path.read_bytes() == payload
 
 
 def test_server_errors_count_as_unreachable(hub_env, monkeypatch):
     # an endpoint that is not a Hub at all (no X-Repo-Commit) -> huggingface_hub's FileMetadataError
     with FakeHub() as other:
         other.add_static(f"/{REPO}/resolve/main/{FILE}", b"not a hub")
-        monkeypatch.setenv("HF_ENDPOINT", other.endpoint)
+        set_endpoint(monkeypatch, other.endpoint)
         with pytest.raises(OfflineError) as err:
             hub.fetch(location())
-    assert "Hugging Face Hub" in str(err.value)
+    assert "Hub API" in str(err.value) and "X-Repo-Commit" in str(err.value)
 
 
 # ------------------------------------------------------------------------------------------------ integrity
@@ -223,17 +227,21 @@ def test_corrupted_transfer_is_rejected_and_not_cached(fake_hub, payload, hub_en
     assert "removed from the cache" in str(err.value)
     assert blobs_and_snapshots(hub_env) == []
     # later offline calls do not trust anything
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    go_offline(monkeypatch)
     with pytest.raises(OfflineError):
         hub.fetch(location())
 
 
-def test_wrong_index_hash(served, hub_env):
+def test_wrong_index_hash_keeps_the_intact_file(served, hub_env, monkeypatch):
     with pytest.raises(ChecksumMismatchError) as err:
         hub.fetch(location(sha256="0" * 64))
     assert err.value.source == "model index" and err.value.expected == "0" * 64
-    assert "model index" in str(err.value)
-    assert blobs_and_snapshots(hub_env) == []
+    assert "model index" in str(err.value) and "cc-registry pin" in str(err.value)
+    assert len(blobs_and_snapshots(hub_env)) == 2  # the Hub's own file, intact: not evicted
+    go_offline(monkeypatch)  # offline, a good file is never evicted either
+    with pytest.raises(ChecksumMismatchError):
+        hub.fetch(location(sha256="0" * 64))
+    assert hub.fetch(location()).path.exists()
 
 
 def test_truncated_transfer(fake_hub, payload, hub_env):
@@ -245,18 +253,6 @@ def test_truncated_transfer(fake_hub, payload, hub_env):
     assert time.monotonic() - start < 5
     assert "incomplete" in str(err.value)
     assert blobs_and_snapshots(hub_env) == []
-
-
-def test_truncated_file_in_repo_fails_the_safetensors_check(fake_hub, payload, hub_env, monkeypatch):
-    short = payload[:-7]  # the repo itself holds a cut file; its digest and size are consistent
-    fake_hub.add_file(REPO, FILE, short)
-    with pytest.raises(CorruptCheckpointError) as err:
-        hub.fetch(location())
-    assert "truncated" in str(err.value)
-    assert blobs_and_snapshots(hub_env) == []
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(OfflineError):
-        hub.fetch(location())
 
 
 def test_corrupt_cached_blob_is_redownloaded_online(served, payload):
@@ -274,7 +270,7 @@ def test_corrupt_cached_blob_offline_is_evicted(served, payload, hub_env, monkey
     blob = Path(os.path.realpath(f.path))
     blob.chmod(0o644)
     blob.write_bytes(b"\0" * len(payload))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    go_offline(monkeypatch)
     with pytest.raises(ChecksumMismatchError):
         hub.fetch(location())
     assert blobs_and_snapshots(hub_env) == []
@@ -286,7 +282,7 @@ def test_evict_leaves_files_outside_the_cache_alone(tmp_path):
     f = tmp_path / "snapshots" / "abc" / "model.safetensors"
     f.parent.mkdir(parents=True)
     f.write_bytes(b"x")
-    assert hub.evict(f) == []
+    hub.evict(f)
     assert f.exists()
 
 
@@ -301,3 +297,101 @@ def test_the_fixtures_keep_tests_off_the_network(hub_env):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         with pytest.raises(ConnectionRefusedError, match="may not reach the network"):
             s.connect(("192.0.2.1", 443))  # TEST-NET-1, never routed
+
+
+# ------------------------------------------------------------------------------------------------ network and disk faults
+
+
+@pytest.mark.parametrize("status,headers", [(429, {"Retry-After": "0"}), (500, {}), (502, {}), (503, {})])
+def test_a_transient_error_on_the_first_request_is_retried(served, payload, status, headers):
+    served.inject(Fault("hub", status=status, headers=headers))
+    assert hub.fetch(location()).path.read_bytes() == payload
+
+
+def test_a_retry_after_beyond_the_deadline_ends_at_once(served, monkeypatch):
+    monkeypatch.setenv("CC_HUB_DOWNLOAD_DEADLINE", "5")
+    served.inject(Fault("hub", status=429, headers={"Retry-After": "60"}, times=-1))
+    start = time.monotonic()
+    with pytest.raises(OfflineError, match="CC_HUB_DOWNLOAD_DEADLINE=5 s .the server asked to wait 61 s"):
+        hub.fetch(location())
+    assert time.monotonic() - start < 3
+
+
+def test_a_trickling_body_ends_at_the_deadline(fake_hub, hub_env, monkeypatch):
+    monkeypatch.setenv("CC_HUB_DOWNLOAD_DEADLINE", "1")
+    fake_hub.add_file(REPO, FILE, save({"w": torch.zeros(16, 1024)}))  # 64 KiB at 2 KB/s: 32 s
+    fake_hub.inject(Fault("cdn", rate=2000, times=-1))
+    start = time.monotonic()
+    with pytest.raises(OfflineError) as err:
+        hub.fetch(location())
+    assert time.monotonic() - start < 4
+    assert "CC_HUB_DOWNLOAD_DEADLINE=1 s" in str(err.value) and fake_hub.cdn_endpoint in str(err.value)
+    assert not list((hub_env / "hub").rglob("*.incomplete"))
+
+
+def test_a_server_that_ignores_range_and_cuts_every_transfer_ends(fake_hub, monkeypatch):
+    monkeypatch.setenv("CC_HUB_DOWNLOAD_BYTE_FACTOR", "1.5")
+    data = save({"w": torch.zeros(16, 1024)})
+    fake_hub.add_file(REPO, FILE, data)
+    fake_hub.inject(Fault("cdn", cut_after=len(data) * 9 // 10, ignore_range=True, times=-1))
+    with pytest.raises(OfflineError, match="CC_HUB_DOWNLOAD_BYTE_FACTOR=1.5"):
+        hub.fetch(location())
+    assert fake_hub.count("GET", "/cdn/") == 2
+
+
+def test_a_read_timeout_names_hf_hub_download_timeout(served, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 0.3)
+    monkeypatch.setenv("CC_HUB_DOWNLOAD_DEADLINE", "1")
+    served.inject(Fault("cdn", stall=3, times=-1))
+    with pytest.raises(OfflineError, match="HF_HUB_DOWNLOAD_TIMEOUT"):
+        hub.fetch(location())
+
+
+def test_a_redirect_loop_names_the_download_host(served):
+    served.inject(Fault("cdn", status=302, headers={"Location": "/cdn/loop"}, times=-1))
+    with pytest.raises(OfflineError, match="redirect loop at the download host") as err:
+        hub.fetch(location())
+    assert served.cdn_endpoint in str(err.value)
+
+
+def test_a_404_from_the_download_host_is_not_blamed_on_the_hub(served):
+    served.inject(Fault("cdn", status=404, times=-1))
+    with pytest.raises(WeightsNotFoundError) as err:
+        hub.fetch(location())
+    assert "download host" in str(err.value) and served.cdn_endpoint in str(err.value)
+    assert "token" not in str(err.value)
+
+
+def test_a_full_disk_is_a_typed_error(served, hub_env):
+    import resource
+    import signal
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, hard))
+    try:
+        with pytest.raises(OfflineError, match="cannot write to the Hub cache") as err:
+            hub.fetch(location())
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert "HF_HOME" in str(err.value)
+    assert blobs_and_snapshots(hub_env) == []
+
+
+def test_leftover_partial_downloads_are_removed_unless_locked(served, hub_env):
+    from filelock import FileLock
+
+    repo = hub_env / "hub" / "models--test-org--tiny.in1k"
+    (repo / "blobs").mkdir(parents=True)
+    stale = repo / "blobs" / f"{'a' * 64}.0123abcd.incomplete"
+    live = repo / "blobs" / f"{'b' * 64}.4567cdef.incomplete"
+    stale.write_bytes(b"half")
+    live.write_bytes(b"half")
+    locks = hub_env / "hub" / ".locks" / repo.name
+    locks.mkdir(parents=True)
+    with FileLock(locks / f"{'b' * 64}.lock"):  # another process is downloading that one
+        hub.fetch(location())
+    assert not stale.exists() and live.exists()

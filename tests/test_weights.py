@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import os
 import pickle
 import time
+import zipfile
 
 import pytest
 import torch
@@ -16,7 +16,7 @@ from torch import nn
 import registry
 from registry import HubLocation, ReleaseFile
 
-from cc_models import checkpoint, weights
+from cc_models import weights
 from cc_models.errors import (
     ChecksumMismatchError,
     CorruptCheckpointError,
@@ -28,9 +28,11 @@ from cc_models.errors import (
 )
 
 try:
-    from hub_server import FakeHub, fake_hub, hub_env, sha256  # noqa: F401  (fixtures)
+    from hub_server import FakeHub, fake_hub, go_offline, hub_env, sha256  # noqa: F401  (fixtures)
 except ImportError:  # tests/ imported as a package
-    from tests.hub_server import FakeHub, fake_hub, hub_env, sha256  # noqa: F401
+    from tests.hub_server import FakeHub, fake_hub, go_offline, hub_env, sha256  # noqa: F401
+
+pytestmark = pytest.mark.filterwarnings("ignore::cc_models.errors.UnpinnedWeightsWarning")
 
 REPO = "test-org/tinynet.in1k"
 MODEL_ID = "tf_efficientnet_cc_b0_4e"
@@ -84,7 +86,7 @@ def test_pretrained_from_hub_loads_the_served_tensors_exactly(fake_hub, base_ent
     assert_loaded(model, sd)
     # second call offline, server gone: from the cache
     fake_hub.stop()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    go_offline(monkeypatch)
     again = TinyNet()
     weights.load_pretrained(again, entry_for(base_entry))
     assert_loaded(again, sd)
@@ -102,7 +104,7 @@ def test_index_sha256_mismatch_raises_before_loading(fake_hub, base_entry):
 def test_hub_404_and_offline_errors(fake_hub, base_entry, monkeypatch):
     with pytest.raises(WeightsNotFoundError):
         weights.load_pretrained(TinyNet(), entry_for(base_entry, repo="test-org/missing"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    go_offline(monkeypatch)
     with pytest.raises(OfflineError):
         weights.load_pretrained(TinyNet(), entry_for(base_entry))
 
@@ -136,10 +138,13 @@ def test_falls_back_to_bin_through_weights_only_load(fake_hub, base_entry):
     assert_loaded(model, sd)
 
 
-def test_corrupt_bin_from_the_hub_is_evicted(fake_hub, base_entry, hub_env):
-    fake_hub.add_file(REPO, "pytorch_model.bin", b"PK\x03\x04 definitely not a zip archive")
+@pytest.mark.parametrize("filename", ["pytorch_model.bin", "model.safetensors"])
+def test_corrupt_file_from_the_hub_is_evicted(fake_hub, base_entry, hub_env, filename):
+    # the repo itself holds a broken file; its digest and size are consistent, so only parsing finds it
+    bad = b"PK\x03\x04 definitely not a zip archive" if filename.endswith(".bin") else save(trained())[:-7]
+    fake_hub.add_file(REPO, filename, bad)
     with pytest.raises(CorruptCheckpointError):
-        weights.load_pretrained(TinyNet(), entry_for(base_entry, filename="pytorch_model.bin"))
+        weights.load_pretrained(TinyNet(), entry_for(base_entry, filename=filename))
     leftovers = [p for p in (hub_env / "hub").rglob("*") if p.is_file() and ("blobs" in p.parts or
                                                                                 "snapshots" in p.parts)]
     assert leftovers == []
@@ -240,10 +245,11 @@ def test_missing_and_unexpected_keys(tmp_path, base_entry):
     assert_loaded(model, before)  # nothing half-loaded
 
 
-def test_describe_limits_the_list():
-    diff = checkpoint.compare_state_dicts({f"k{i}": torch.zeros(1) for i in range(12)}, {})
-    text = diff.describe(limit=3)
-    assert "k0, k1, k2, ... (9 more)" in text
+def test_mismatch_message_limits_the_list(tmp_path, base_entry):
+    path = tmp_path / "m.safetensors"
+    save_file({**trained(), **{f"extra{i}": torch.zeros(1) for i in range(12)}}, path)
+    with pytest.raises(StateDictMismatchError, match=r"extra0, extra1, extra10, extra11, extra2, ... \(7 more\)"):
+        weights.load_pretrained(TinyNet(), base_entry, checkpoint_path=path)
 
 
 def test_missing_num_batches_tracked_is_tolerated(tmp_path, base_entry):
@@ -279,35 +285,104 @@ def test_classifier_with_other_input_width_is_a_real_mismatch(tmp_path, base_ent
         weights.load_pretrained(TinyNet(), base_entry, checkpoint_path=path)
 
 
-# ------------------------------------------------------------------------------------------------ checkpoint module
+# ------------------------------------------------------------------------------------------------ hostile checkpoints
 
 
-def test_validate_safetensors_catches_bad_headers(tmp_path):
-    good = save({"a": torch.arange(4.0)})
-    cases = {
-        "short": good[:5],
-        "huge_header": (10**12).to_bytes(8, "little") + good[8:],
-        "not_json": len(b"nope!").to_bytes(8, "little") + b"nope!",
-        "trailing": good + b"xx",
-    }
-    for name, data in cases.items():
-        p = tmp_path / f"{name}.safetensors"
-        p.write_bytes(data)
-        with pytest.raises(CorruptCheckpointError):
-            checkpoint.validate_safetensors(p)
-    p = tmp_path / "ok.safetensors"
-    p.write_bytes(good)
-    assert checkpoint.validate_safetensors(p)["a"]["shape"] == [4]
+def _pth(obj, path):
+    torch.save(obj, path)
+    return path
 
 
-def test_sha256_helpers(tmp_path):
-    p = tmp_path / "f.bin"
-    p.write_bytes(b"hello")
-    digest = hashlib.sha256(b"hello").hexdigest()
-    assert checkpoint.sha256_file(p) == digest
-    assert checkpoint.verify_sha256(p, digest[:8]) == digest
-    with pytest.raises(ChecksumMismatchError):
-        checkpoint.verify_sha256(p, "deadbeef")
+@pytest.mark.parametrize("case", ["meta", "sparse", "int8", "complex", "all_nan", "one_inf"])
+def test_tensors_that_are_not_weights_raise_documented_errors(tmp_path, base_entry, case):
+    sd = trained()
+    w = sd["conv_stem.weight"]
+    sd["conv_stem.weight"] = {
+        "meta": torch.empty(w.shape, device="meta"), "sparse": w.to_sparse(), "int8": w.to(torch.int8),
+        "complex": w.to(torch.complex64), "all_nan": torch.full(w.shape, float("nan")),
+        "one_inf": w.index_put_((torch.tensor(0),), torch.tensor(float("inf"))),
+    }[case]
+    paths = [_pth(sd, tmp_path / "m.pth")]
+    if case in ("int8", "complex", "all_nan", "one_inf"):
+        paths.append(tmp_path / "m.safetensors")
+        save_file(sd, paths[-1])
+    for path in paths:
+        model = TinyNet()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises((CorruptCheckpointError, StateDictMismatchError)) as err:
+            weights.load_pretrained(model, base_entry, checkpoint_path=path)
+        assert "conv_stem.weight" in str(err.value), (path, str(err.value))
+        assert_loaded(model, before)  # nothing loaded
+
+
+def test_safetensors_shapes_are_compared_before_any_tensor_is_read(tmp_path, base_entry, monkeypatch):
+    import safetensors
+
+    sd = trained()
+    sd["bn1.weight"] = torch.zeros(9)
+    path = tmp_path / "m.safetensors"
+    save_file(sd, path)
+    real = safetensors.safe_open
+
+    class NoReads:
+        def __init__(self, *args, **kwargs):
+            self.inner = real(*args, **kwargs)
+
+        def __enter__(self):
+            self.inner.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.inner.__exit__(*exc)
+
+        def __getattr__(self, name):
+            if name == "get_tensor":
+                raise AssertionError("a tensor was read before the shapes were checked")
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(safetensors, "safe_open", NoReads)
+    with pytest.raises(StateDictMismatchError, match=r"bn1.weight checkpoint \(9,\) vs model \(8,\)"):
+        weights.load_pretrained(TinyNet(), base_entry, checkpoint_path=path)
+
+
+def test_a_deflate_bomb_pth_is_refused_before_unpacking(tmp_path, base_entry):
+    plain = _pth(trained(), tmp_path / "plain.pth")
+    bomb = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in src.infolist():
+            out.writestr(info.filename, src.read(info.filename))
+        out.writestr("plain/data/99", bytes(16 << 20))  # 16 MiB of zeros in about 16 KB
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(CorruptCheckpointError, match="CC_CHECKPOINT_MAX_RATIO"):
+        weights.load_pretrained(TinyNet(), base_entry, checkpoint_path=bomb)
+
+
+def test_a_file_far_larger_than_the_model_is_refused_before_reading(tmp_path, base_entry):
+    path = tmp_path / "m.safetensors"
+    save_file({**trained(), "padding": torch.zeros(5 << 20)}, path)  # 20 MiB for a model of a few KB
+    with pytest.raises(CorruptCheckpointError, match="outside"):
+        weights.load_pretrained(TinyNet(), base_entry, checkpoint_path=path)
+
+
+def test_a_compressed_pth_within_the_bounds_loads(tmp_path, base_entry):
+    plain = _pth(trained(), tmp_path / "plain.pth")
+    packed = tmp_path / "packed.pth"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in src.infolist():
+            out.writestr(info.filename, src.read(info.filename))
+    model = TinyNet()
+    weights.load_pretrained(model, base_entry, checkpoint_path=packed)
+    assert_loaded(model, trained())
+
+
+def test_checkpoint_path_directory_never_reads_outside_it(tmp_path, base_entry):
+    outside = tmp_path / "model.safetensors"
+    save_file(trained(), outside)
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    entry = entry_for(base_entry, filename="../model.safetensors")
+    with pytest.raises(WeightsNotFoundError):
+        weights.load_pretrained(TinyNet(), entry, checkpoint_path=folder)
 
 
 # ------------------------------------------------------------------------------------------------ release files
@@ -363,7 +438,8 @@ def test_fetch_release_file_prefix_mismatch_keeps_nothing(fake_hub, base_entry, 
 def test_fetch_release_file_truncated(fake_hub, base_entry, release_file, tmp_path):
     name, data = release_file
     url = fake_hub.add_static(f"/releases/{name}", data[:-50], content_length=len(data))
-    with pytest.raises(CorruptCheckpointError):
+    # urllib ends a short body quietly; torch.hub's SHA-256 prefix check catches it
+    with pytest.raises((CorruptCheckpointError, ChecksumMismatchError)):
         weights.fetch_release_file(release_entry(base_entry, url, name), tmp_path)
     assert os.listdir(tmp_path) == []
 
@@ -378,7 +454,7 @@ def test_fetch_release_file_404_offline_and_unreachable(fake_hub, base_entry, re
     with pytest.raises(OfflineError) as err:
         weights.fetch_release_file(entry, tmp_path, timeout=2)
     assert time.monotonic() - start < 5 and "cannot reach" in str(err.value)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    go_offline(monkeypatch)
     with pytest.raises(OfflineError, match="HF_HUB_OFFLINE"):
         weights.fetch_release_file(entry, tmp_path)
     assert os.listdir(tmp_path) == []
@@ -435,7 +511,7 @@ def test_from_index_pretrained_through_the_packaged_index(fake_hub, timm_checkpo
     assert fake_hub.count("GET", "/cdn/") == 1  # from the cache
 
     fake_hub.stop()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    go_offline(monkeypatch)
     assert_loaded(from_index(MODEL_ID, pretrained=True), sd)
 
 
@@ -447,6 +523,6 @@ def test_from_index_checkpoint_path_and_typed_errors(hub_env, timm_checkpoint, t
     assert_loaded(from_index(MODEL_ID, checkpoint_path=path), sd)
     with pytest.raises(StateDictMismatchError, match="blocks.4.0.conv_pw.weight"):  # 4 experts vs 8
         from_index("tf_efficientnet_cc_b0_8e", checkpoint_path=path)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    go_offline(monkeypatch)
     with pytest.raises(OfflineError, match="HF_HUB_OFFLINE"):
         from_index(MODEL_ID, pretrained=True)
