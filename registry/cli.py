@@ -13,6 +13,7 @@ from typing import Sequence
 import yaml
 
 from . import index as index_mod
+from . import pin
 from .errors import IndexValidationError, Problem, UnknownModelError
 from .table import COLUMNS, entry_dict, models_frame
 
@@ -135,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=Path, help="index root (default: packaged)")
     p.add_argument("--results", type=Path, default=None, help="bench results store to include measured figures")
     p.set_defaults(func=cmd_export)
+
+    pin.add_parser(sub)
     return parser
 
 
