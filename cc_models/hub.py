@@ -29,7 +29,7 @@ from .errors import (ChecksumMismatchError, CorruptCheckpointError, OfflineError
 if TYPE_CHECKING:  # pragma: no cover
     from registry import HubLocation
 
-__all__ = ["HubFile", "evict", "fetch", "git_blob_id", "sha256_file"]
+__all__ = ["HubFile", "evict", "fetch", "git_blob_id", "offline", "sha256_file"]
 
 logger = logging.getLogger(__name__)
 LOCAL = "or pass checkpoint_path= to load a local file"
@@ -90,6 +90,14 @@ def _clean_partials(repo_folder: Path, locks: Path) -> None:
         finally:
             if lock is not None:
                 lock.release()
+
+
+def offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub read it at import, or as set since (a process may go offline later)."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES",
+                                                                                                  "TRUE"}
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -182,15 +190,16 @@ def _download(repo_id: str, filename: str, revision: str, label: str) -> str:
 
     folder = repo_folder_name(repo_id=repo_id, repo_type="model")
     _clean_partials(Path(constants.HF_HUB_CACHE) / folder, Path(constants.HF_HUB_CACHE) / ".locks" / folder)
-    offline = constants.is_offline_mode()
+    local_only = offline()
     try:
         with download_budget.limits():
-            return hf_hub_download(repo_id, filename, revision=revision, library_name="cc-hub")
+            return hf_hub_download(repo_id, filename, revision=revision, library_name="cc-hub",
+                                   local_files_only=local_only)
     except Exception as exc:
-        err = _typed(exc, label, constants.ENDPOINT, offline)
+        err = _typed(exc, label, constants.ENDPOINT, local_only)
         if err is None:
             raise
-        if isinstance(err, OfflineError) and not offline:  # e.g. past the deadline: a cached copy still serves
+        if isinstance(err, OfflineError) and not local_only:  # e.g. past the deadline: a cached copy still serves
             try:
                 return hf_hub_download(repo_id, filename, revision=revision, local_files_only=True)
             except Exception:
@@ -235,7 +244,7 @@ def fetch(location: "HubLocation", *, revision: str | None = None, filename: str
     ``revision``/``filename`` override the location's; its SHA-256 applies to its own filename only.
     A cached copy that fails verification is evicted and, online, downloaded once more.
     """
-    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache
 
     name = filename or location.filename
     rev = revision or location.revision or "main"
@@ -246,7 +255,7 @@ def fetch(location: "HubLocation", *, revision: str | None = None, filename: str
     try:
         return _verify(path, expected, label)
     except ChecksumMismatchError:
-        if not isinstance(cached, str) or path.exists() or constants.is_offline_mode():
+        if not isinstance(cached, str) or path.exists() or offline():
             raise
         logger.warning("the cached %s was corrupt and is evicted; downloading it again", label)
     return _verify(Path(_download(location.repo_id, name, rev, label)), expected, label)

@@ -23,7 +23,7 @@ from torch import nn
 
 from .checkpoint import check_state_dict, read_state_dict
 from .errors import ChecksumMismatchError, CorruptCheckpointError, OfflineError, WeightsNotFoundError
-from .hub import evict, fetch, sha256_file
+from .hub import evict, fetch, offline, sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     from registry import ModelEntry
@@ -173,7 +173,7 @@ def fetch_release_file(entry: "ModelEntry", dest_dir: str | os.PathLike[str], *,
             return target
         logger.warning("%s does not match its SHA-256 prefix; downloading it again", target)
     url = url or release.url
-    if constants.is_offline_mode():
+    if offline():
         raise OfflineError(f"offline mode is on (HF_HUB_OFFLINE=1) and {release.filename} is not in {dest}",
                            f"unset HF_HUB_OFFLINE, or download {url} yourself into {dest}", url=url)
     dest.mkdir(parents=True, exist_ok=True)
