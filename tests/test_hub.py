@@ -395,3 +395,11 @@ def test_leftover_partial_downloads_are_removed_unless_locked(served, hub_env):
     with FileLock(locks / f"{'b' * 64}.lock"):  # another process is downloading that one
         hub.fetch(location())
     assert not stale.exists() and live.exists()
+
+
+def test_a_transfer_cut_once_completes_within_the_default_byte_budget(fake_hub):
+    data = save({"w": torch.arange(16 * 1024.0)})
+    fake_hub.add_file(REPO, FILE, data)
+    fake_hub.inject(Fault("cdn", cut_after=len(data) // 3))
+    assert hub.fetch(location()).path.read_bytes() == data
+    assert fake_hub.count("GET", "/cdn/") == 2
