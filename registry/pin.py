@@ -5,7 +5,8 @@ entry's Revision: the commit it resolves to, and the file's SHA-256 (the LFS dig
 file not in LFS is downloaded, checked against its git blob id, then hashed). The entry's ``Hub:`` block
 is edited as text: ``Revision:`` becomes the commit (the branch or tag it came from is kept in a comment)
 and ``SHA256:`` is set; every other line of the file, comments included, stays as it was. Loads then
-download that commit and check that digest. Exit 0 all pinned, 1 a file could not be pinned, 2 usage.
+download that commit and check that digest. Exit 0 all pinned, 1 a file could not be pinned, 2 usage,
+no network, or an index file that cannot be written; on any failure no file changes.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from . import index as index_mod
 
-EXIT_OK, EXIT_INVALID = 0, 1
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 _KEY = re.compile(r"^(?P<indent>\s*)(?:- )?(?P<key>[A-Za-z0-9 ]+):(?P<rest>.*)$")
 
 
@@ -111,7 +112,7 @@ def _write_atomic(path: Path, text: str) -> None:
 def cmd_pin(args: argparse.Namespace) -> int:
     index = index_mod.load(args.index)
     entries = [index.get(i) for i in args.ids] if args.ids else [m for m in index.models if m.hub is not None]
-    report, failed, edits = [], False, {}
+    report, failed, unreachable, edits = [], False, False, {}
     for entry in entries:
         row = {"id": entry.id, "repo": entry.hub.repo_id if entry.hub else None}
         try:
@@ -123,14 +124,22 @@ def cmd_pin(args: argparse.Namespace) -> int:
             edits[path] = edit_hub_block(edits.get(path) or path.read_text(encoding="utf-8"), entry.source.line,
                                          commit, sha)
             row.update(filename=hub.filename, revision=hub.revision, commit=commit, sha256=sha, file=str(path))
-        except Exception as exc:  # network, Hub and layout failures alike: one line each, then exit 1
+        except Exception as exc:  # network, Hub and layout failures alike: one line each, then exit 1 (2: no network)
             failed = True
+            unreachable = unreachable or isinstance(exc, ConnectionError) or type(exc).__module__.startswith("httpx")
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         report.append(row)
     if not args.dry_run and not failed:
         originals = {path: path.read_text(encoding="utf-8") for path in edits}
-        for path, text in edits.items():
-            _write_atomic(path, text)
+        try:
+            for path, text in edits.items():
+                _write_atomic(path, text)
+        except OSError as exc:
+            for path, text in originals.items():
+                if path.read_text(encoding="utf-8") != text:
+                    _write_atomic(path, text)
+            print(f"cc-registry pin: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
         try:
             index_mod.load(args.index)  # the edited index must still be valid
         except Exception:
@@ -147,4 +156,4 @@ def cmd_pin(args: argparse.Namespace) -> int:
                   f"SHA-256 {row['sha256']}")
     if failed:
         print("cc-registry pin: nothing was written (fix the failures above and run again)", file=sys.stderr)
-    return EXIT_INVALID if failed else EXIT_OK
+    return (EXIT_USAGE if unreachable else EXIT_INVALID) if failed else EXIT_OK

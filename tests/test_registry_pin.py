@@ -92,3 +92,24 @@ def test_a_pinned_load_verifies_against_the_pin(fake_hub, index_copy):
     fake_hub.add_file(entry.hub.repo_id, entry.hub.filename, files[entry.id] + b"!")
     with pytest.raises(ChecksumMismatchError, match="model index"):
         hub.fetch(other)
+
+
+def test_pin_that_cannot_write_restores_every_file(fake_hub, index_copy, monkeypatch, capsys):
+    import errno
+
+    from registry import pin
+
+    served_index(fake_hub, index_copy)
+    texts = {p: p.read_text() for p in index_copy.rglob("*.yml")}
+    real, calls = pin._write_atomic, []
+
+    def full_disk_on_the_second_file(path, text):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, text)
+
+    monkeypatch.setattr(pin, "_write_atomic", full_disk_on_the_second_file)
+    assert main(["pin", "--index", str(index_copy / "model-index.yml")]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert {p: p.read_text() for p in index_copy.rglob("*.yml")} == texts
