@@ -78,18 +78,12 @@ def _clean_partials(repo_folder: Path, locks: Path) -> None:
     from filelock import FileLock, Timeout
 
     for part in repo_folder.glob("blobs/*.incomplete"):
-        lock = FileLock(locks / f"{part.name.split('.')[0]}.lock") if locks.is_dir() else None
         try:
-            if lock is not None:
-                lock.acquire(timeout=0)
+            with FileLock(locks / f"{part.name.split('.')[0]}.lock").acquire(timeout=0):  # huggingface_hub's lock
+                part.unlink(missing_ok=True)
+                logger.info("removed the partial download %s", part)
         except (Timeout, OSError):
-            continue
-        try:
-            part.unlink(missing_ok=True)
-            logger.info("removed the partial download %s", part)
-        finally:
-            if lock is not None:
-                lock.release()
+            continue  # a live download holds it, or the cache is read-only
 
 
 def offline() -> bool:
