@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from .checkpoint import check_state_dict, read_state_dict
-from .errors import ChecksumMismatchError, CorruptCheckpointError, OfflineError, WeightsNotFoundError
+from .errors import (ChecksumMismatchError, CorruptCheckpointError, OfflineError, StateDictMismatchError,
+                     WeightsNotFoundError)
 from .hub import evict, fetch, offline, sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -126,7 +127,11 @@ def load_pretrained(model: nn.Module, entry: "ModelEntry", *,
         if checkpoint_path is None:
             evict(path)  # a cached Hub file that does not parse must not be trusted next time
         raise
-    model.load_state_dict({**state_dict, **own}, strict=True)
+    try:
+        model.load_state_dict({**state_dict, **own}, strict=True)
+    except RuntimeError as exc:  # keys, shapes and dtypes were checked: a model-specific refusal
+        raise StateDictMismatchError(f"checkpoint {path} could not be loaded into {entry.id}: {exc}",
+                                     "check that the checkpoint belongs to this model") from exc
     logger.info("%s: loaded %s", entry.id, path)
 
 
