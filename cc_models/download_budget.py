@@ -9,7 +9,7 @@ for ever. Event hooks on its shared client (added to whatever client factory is 
   (default 900) for the whole download, retries and ``Retry-After`` waits included; a ``Retry-After``
   longer than the time left ends it at once instead of sleeping past it;
 * on each chunk, the bytes received: at most ``CC_HUB_DOWNLOAD_BYTE_FACTOR`` (default 2, one full restart)
-  times the size the Hub announced.
+  times the size the Hub announced, and no announced size above the caller's bound (the model's).
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ BYTE_FACTOR_ENV, DEFAULT_BYTE_FACTOR = "CC_HUB_DOWNLOAD_BYTE_FACTOR", 2.0
 
 
 class BudgetExceeded(Exception):
-    """A download ran out of time or bytes; ``setting`` is the variable that sets the bound."""
+    """A download ran out of time or bytes; ``setting`` is the variable that sets the bound (None: the model)."""
 
-    def __init__(self, message: str, setting: str, request: object = None):
+    def __init__(self, message: str, setting: str | None, request: object = None):
         super().__init__(message)
         self.setting, self.request = setting, request
 
@@ -42,6 +42,7 @@ class _Budget:
     seconds: float
     factor: float
     deadline: float
+    max_bytes: int | None = None
     size: int | None = None
     received: int = 0
     request: object = None  # the request in flight, named in the error
@@ -51,8 +52,9 @@ class _Budget:
             asked = f" (the server asked to wait {wait:g} s)" if wait else ""
             raise BudgetExceeded(f"not done within {DEADLINE_ENV}={self.seconds:g} s{asked}", DEADLINE_ENV,
                                  self.request)
-        if self.size is not None and self.received > self.factor * self.size:
-            raise BudgetExceeded(f"{self.received:,} bytes received for a file of {self.size:,}, more than "
+        size = self.size if self.size is not None else self.max_bytes  # no announced size: the caller's bound
+        if size is not None and self.received > self.factor * size:
+            raise BudgetExceeded(f"{self.received:,} bytes received for a file of {size:,}, more than "
                                  f"{BYTE_FACTOR_ENV}={self.factor:g} times its size", BYTE_FACTOR_ENV, self.request)
 
 
@@ -86,6 +88,9 @@ def _on_response(response) -> None:
         size = response.headers.get("X-Linked-Size") or (None if response.is_redirect else
                                                           response.headers.get("Content-Length"))
         budget.size = int(size) if size and size.isdigit() else None
+        if budget.size is not None and budget.max_bytes is not None and budget.size > budget.max_bytes:
+            raise BudgetExceeded(f"the Hub announces {budget.size:,} bytes, more than the {budget.max_bytes:,} a "
+                                 "checkpoint of this model may have", None, response.request)
     retry_after = response.headers.get("Retry-After", "")
     if response.status_code in (429, 503) and retry_after.isdigit():
         budget.check(wait=int(retry_after) + 1)  # huggingface_hub sleeps Retry-After + 1 s
@@ -128,11 +133,14 @@ def _install() -> None:
 
 
 @contextmanager
-def limits() -> Iterator[None]:
-    """Bound the huggingface_hub downloads made in this block (this thread or task) by one budget."""
+def limits(max_bytes: int | None = None) -> Iterator[None]:
+    """Bound the huggingface_hub downloads made in this block (this thread or task) by one budget.
+
+    ``max_bytes``: the largest file the caller accepts; a larger announced size ends the download at once.
+    """
     seconds, factor = _setting(DEADLINE_ENV, DEFAULT_DEADLINE_S), _setting(BYTE_FACTOR_ENV, DEFAULT_BYTE_FACTOR)
     _install()
-    token = _CURRENT.set(_Budget(seconds, factor, time.monotonic() + seconds))
+    token = _CURRENT.set(_Budget(seconds, factor, time.monotonic() + seconds, max_bytes=max_bytes))
     try:
         yield
     finally:

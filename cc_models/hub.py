@@ -127,6 +127,9 @@ def _typed(exc: BaseException, label: str, endpoint: str, offline: bool) -> Weig
     code = f" (HTTP {status})" if status else ""
     unreachable = f"check your network, proxy and HF_ENDPOINT; {LOCAL}"
     for e in chain:
+        if isinstance(e, download_budget.BudgetExceeded) and e.setting is None:
+            return CorruptCheckpointError(f"{label}: {e} ({where}); nothing was downloaded",
+                                          "check the Hub Repo and Filename in the model index")
         if isinstance(e, download_budget.BudgetExceeded):
             timed_out = any(isinstance(c, httpx2.TimeoutException) for c in chain)
             reads = " after reads timed out (HF_HUB_DOWNLOAD_TIMEOUT s each)" if timed_out else ""
@@ -178,7 +181,7 @@ def _typed(exc: BaseException, label: str, endpoint: str, offline: bool) -> Weig
     return None
 
 
-def _download(repo_id: str, filename: str, revision: str, label: str) -> str:
+def _download(repo_id: str, filename: str, revision: str, label: str, max_bytes: int | None) -> str:
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.file_download import repo_folder_name
 
@@ -186,7 +189,7 @@ def _download(repo_id: str, filename: str, revision: str, label: str) -> str:
     _clean_partials(Path(constants.HF_HUB_CACHE) / folder, Path(constants.HF_HUB_CACHE) / ".locks" / folder)
     local_only = offline()
     try:
-        with download_budget.limits():
+        with download_budget.limits(max_bytes):
             return hf_hub_download(repo_id, filename, revision=revision, library_name="cc-hub",
                                    local_files_only=local_only)
     except Exception as exc:
@@ -232,10 +235,12 @@ def _verify(path: Path, expected_sha256: str | None, label: str) -> HubFile:
     return HubFile(path, commit, actual, source or "unverified")
 
 
-def fetch(location: "HubLocation", *, revision: str | None = None, filename: str | None = None) -> HubFile:
+def fetch(location: "HubLocation", *, revision: str | None = None, filename: str | None = None,
+          max_bytes: int | None = None) -> HubFile:
     """Download (or find in the cache) the file ``location`` names, and verify it.
 
     ``revision``/``filename`` override the location's; its SHA-256 applies to its own filename only.
+    ``max_bytes``: a larger file is refused before its download starts.
     A cached copy that fails verification is evicted and, online, downloaded once more.
     """
     from huggingface_hub import try_to_load_from_cache
@@ -245,11 +250,11 @@ def fetch(location: "HubLocation", *, revision: str | None = None, filename: str
     expected = location.sha256 if name == location.filename else None
     label = f"{location.repo_id}/{name}@{rev}"
     cached = try_to_load_from_cache(location.repo_id, name, revision=rev)
-    path = Path(_download(location.repo_id, name, rev, label))
+    path = Path(_download(location.repo_id, name, rev, label, max_bytes))
     try:
         return _verify(path, expected, label)
     except ChecksumMismatchError:
         if not isinstance(cached, str) or path.exists() or offline():
             raise
         logger.warning("the cached %s was corrupt and is evicted; downloading it again", label)
-    return _verify(Path(_download(location.repo_id, name, rev, label)), expected, label)
+    return _verify(Path(_download(location.repo_id, name, rev, label, max_bytes)), expected, label)

@@ -59,7 +59,7 @@ def _local_file(entry: "ModelEntry", checkpoint_path: str | os.PathLike[str]) ->
 
 
 def resolve_checkpoint(entry: "ModelEntry", *, checkpoint_path: str | os.PathLike[str] | None = None,
-                       revision: str | None = None) -> Path:
+                       revision: str | None = None, max_bytes: int | None = None) -> Path:
     """The verified local file to load for ``entry``: ``checkpoint_path`` (a file, or a directory searched for
     the Hub filename, ``model.safetensors``, ``pytorch_model.bin``, the release filename), else the Hub file,
     preferring a safetensors sibling of a ``.bin``/``.pth`` as timm does."""
@@ -78,12 +78,12 @@ def resolve_checkpoint(entry: "ModelEntry", *, checkpoint_path: str | os.PathLik
     if ext in (".bin", ".pth", ".pt"):
         sibling = posixpath.join(head, "model.safetensors" if name == "pytorch_model.bin" else stem + ".safetensors")
         try:
-            return fetch(entry.hub, filename=sibling, revision=revision).path
+            return fetch(entry.hub, filename=sibling, revision=revision, max_bytes=max_bytes).path
         except (WeightsNotFoundError, OfflineError) as exc:
             if getattr(exc, "kind", "file") != "file":
                 raise
             logger.info("no %s for %s (%s); falling back to %s", sibling, entry.id, exc.problem, entry.hub.filename)
-    return fetch(entry.hub, revision=revision).path
+    return fetch(entry.hub, revision=revision, max_bytes=max_bytes).path
 
 
 def _classifier_name(model: nn.Module) -> str:
@@ -99,8 +99,10 @@ def load_pretrained(model: nn.Module, entry: "ModelEntry", *,
     classes (it keeps its fresh initialisation) and ``num_batches_tracked`` buffers a checkpoint lacks.
     Nothing is loaded unless everything fits. Raises a :class:`~cc_models.errors.WeightsError` subclass.
     """
-    path = resolve_checkpoint(entry, checkpoint_path=checkpoint_path, revision=revision)
     model_sd = model.state_dict()
+    # A checkpoint for this model is at most 8x its float32 size (EMA, optimizer state) plus 16 MiB.
+    max_bytes = 32 * sum(v.numel() for v in model_sd.values()) + (16 << 20)
+    path = resolve_checkpoint(entry, checkpoint_path=checkpoint_path, revision=revision, max_bytes=max_bytes)
     head = _classifier_name(model)
     own: dict[str, torch.Tensor] = {}  # tensors the model keeps
 
@@ -119,8 +121,6 @@ def load_pretrained(model: nn.Module, entry: "ModelEntry", *,
         check_state_dict(model_sd, {**sd, **own}, source=f"checkpoint {path}")
         return list(sd)
 
-    # A checkpoint for this model is at most 8x its float32 size (EMA, optimizer state) plus 16 MiB.
-    max_bytes = 32 * sum(v.numel() for v in model_sd.values()) + (16 << 20)
     try:
         state_dict = read_state_dict(path, max_bytes=max_bytes, fit=fit)
     except CorruptCheckpointError:

@@ -138,6 +138,13 @@ def test_falls_back_to_bin_through_weights_only_load(fake_hub, base_entry):
     assert_loaded(model, sd)
 
 
+def test_a_hub_file_announced_far_larger_than_the_model_is_not_downloaded(fake_hub, base_entry, hub_env):
+    fake_hub.add_file(REPO, "model.safetensors", save(trained()), size=10**12)  # a disk-filling answer
+    with pytest.raises(CorruptCheckpointError, match="announces 1,000,000,000,000 bytes"):
+        weights.load_pretrained(TinyNet(), entry_for(base_entry))
+    assert fake_hub.count("GET", "/cdn/") == 0
+
+
 @pytest.mark.parametrize("filename", ["pytorch_model.bin", "model.safetensors"])
 def test_corrupt_file_from_the_hub_is_evicted(fake_hub, base_entry, hub_env, filename):
     # the repo itself holds a broken file; its digest and size are consistent, so only parsing finds it
