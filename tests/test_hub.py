@@ -302,9 +302,10 @@ def test_the_fixtures_keep_tests_off_the_network(hub_env):
 # ------------------------------------------------------------------------------------------------ network and disk faults
 
 
-@pytest.mark.parametrize("status,headers", [(429, {"Retry-After": "0"}), (500, {}), (502, {}), (503, {})])
-def test_a_transient_error_on_the_first_request_is_retried(served, payload, status, headers):
-    served.inject(Fault("hub", status=status, headers=headers))
+@pytest.mark.parametrize("role,status,headers", [("hub", 429, {"Retry-After": "0"}), ("hub", 500, {}),
+                                                  ("hub", 502, {}), ("hub", 503, {}), ("cdn", 429, {"Retry-After": "0"})])
+def test_a_transient_error_is_retried_as_huggingface_hub_does(served, payload, role, status, headers):
+    served.inject(Fault(role, status=status, headers=headers))
     assert hub.fetch(location()).path.read_bytes() == payload
 
 
