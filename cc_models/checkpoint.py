@@ -109,19 +109,20 @@ def read_state_dict(path: str | os.PathLike[str], *, max_bytes: int,
 
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
+                names = list(f.keys())
+                strip = 7 if names and all(k.startswith("module.") for k in names) else 0  # saved from DDP
                 skeleton = {}
-                for key in f.keys():
+                for key in names:
                     piece = f.get_slice(key)
                     if piece.get_dtype() not in _SAFETENSORS_DTYPES:
                         raise StateDictMismatchError(f"{path}: tensor {key!r} has dtype {piece.get_dtype()}",
                                                      "pass a floating-point checkpoint of this model")
-                    skeleton[key] = torch.empty(piece.get_shape(), dtype=_SAFETENSORS_DTYPES[piece.get_dtype()],
-                                                device="meta")
-                state_dict = {key: f.get_tensor(key) for key in fit(skeleton)}
+                    skeleton[key[strip:]] = torch.empty(piece.get_shape(), device="meta",
+                                                        dtype=_SAFETENSORS_DTYPES[piece.get_dtype()])
+                state_dict = {key: f.get_tensor(names[0][:strip] + key) for key in fit(skeleton)}
         except (SafetensorError, OSError) as exc:
-            raise CorruptCheckpointError(f"{path}: neither a torch checkpoint nor a readable safetensors file ({exc})",
-                                         AGAIN,
-                                         path=str(path)) from exc
+            what = "safetensors file" if path.suffix == ".safetensors" else "torch checkpoint nor safetensors file"
+            raise CorruptCheckpointError(f"{path}: not a readable {what} ({exc})", AGAIN, path=str(path)) from exc
     else:
         loaded = _torch_load(path, mmap=kind == "zip")
         state_dict = {key: loaded[key] for key in fit(loaded)}
