@@ -48,9 +48,9 @@ def _local_file(entry: "ModelEntry", checkpoint_path: str | os.PathLike[str]) ->
         names = [entry.hub.filename] if entry.hub is not None else []
         names += [*_LOCAL_CANDIDATES] + ([entry.release.filename] if entry.release is not None else [])
         for name in dict.fromkeys(names):
-            candidate = path / name
-            if candidate.resolve().is_relative_to(path.resolve()) and candidate.is_file():  # never outside DIR
-                return candidate
+            inside = not posixpath.isabs(name) and ".." not in name.split("/")  # an index name never leaves DIR
+            if inside and (path / name).is_file():
+                return path / name
         raise WeightsNotFoundError(f"no checkpoint in directory {path} (looked for {', '.join(dict.fromkeys(names))})",
                                    "pass checkpoint_path= to the checkpoint file itself", kind="file")
     if not path.is_file():
