@@ -10,6 +10,9 @@ for ever. Event hooks on its shared client (added to whatever client factory is 
   longer than the time left ends it at once instead of sleeping past it;
 * on each chunk, the bytes received: at most ``CC_HUB_DOWNLOAD_BYTE_FACTOR`` (default 2, one full restart)
   times the size the Hub announced, and no announced size above the caller's bound (the model's).
+
+With ``hf_xet`` installed, Xet-stored files download outside this client: only the deadline between
+requests and the size bound apply to them.
 """
 from __future__ import annotations
 
