@@ -222,8 +222,11 @@ def _verify(path: Path, expected_sha256: str | None, label: str) -> HubFile:
         evict(path)
         raise ChecksumMismatchError(
             f"{label}: SHA-256 {actual} is not the file the Hub described ({source}: {named})",
-            "the bad copy was removed from the cache; run again to download it afresh, and check HF_ENDPOINT / "
-            "your mirror if it keeps failing", path=str(path), expected=named, actual=actual, source=source)
+            "the bad copy was removed from the cache; " + ("unset HF_HUB_OFFLINE and run again to download it "
+                                                             "afresh" if offline() else "run again to download it "
+                                                             "afresh, and check HF_ENDPOINT / your mirror if it "
+                                                             "keeps failing"),
+            path=str(path), expected=named, actual=actual, source=source)
     if expected_sha256:
         raise ChecksumMismatchError(
             f"{label}: SHA-256 {actual} does not match {expected_sha256} (from the model index)",
