@@ -220,13 +220,11 @@ def _verify(path: Path, expected_sha256: str | None, label: str) -> HubFile:
         return HubFile(path, commit, actual, "model index")
     if not intact:
         evict(path)
+        again = "unset HF_HUB_OFFLINE and run again" if offline() else "run again"
         raise ChecksumMismatchError(
             f"{label}: SHA-256 {actual} is not the file the Hub described ({source}: {named})",
-            "the bad copy was removed from the cache; " + ("unset HF_HUB_OFFLINE and run again to download it "
-                                                             "afresh" if offline() else "run again to download it "
-                                                             "afresh, and check HF_ENDPOINT / your mirror if it "
-                                                             "keeps failing"),
-            path=str(path), expected=named, actual=actual, source=source)
+            f"the bad copy was removed from the cache; {again} to download it afresh, and check HF_ENDPOINT / "
+            "your mirror if it keeps failing", path=str(path), expected=named, actual=actual, source=source)
     if expected_sha256:
         raise ChecksumMismatchError(
             f"{label}: SHA-256 {actual} does not match {expected_sha256} (from the model index)",
