@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import zipfile
@@ -31,10 +32,14 @@ AGAIN = "the file is truncated or corrupt; delete it and download it again"
 
 
 def _ratio() -> float:
+    raw = os.environ.get(RATIO_ENV, "").strip()
     try:
-        return max(1.0, float(os.environ.get(RATIO_ENV) or DEFAULT_RATIO))
+        value = float(raw) if raw else DEFAULT_RATIO
     except ValueError:
-        return DEFAULT_RATIO
+        value = math.nan
+    if not (math.isfinite(value) and value >= 1):
+        raise CorruptCheckpointError(f"{RATIO_ENV}={raw!r} is not a number >= 1", f"set {RATIO_ENV} or unset it")
+    return value
 
 
 def _bounded(path: Path, max_bytes: int) -> str:
@@ -56,9 +61,10 @@ def _bounded(path: Path, max_bytes: int) -> str:
         raise CorruptCheckpointError(f"{path}: truncated or damaged torch checkpoint ({exc})", AGAIN,
                                      path=str(path)) from None
     unpacked = sum(i.file_size for i in infos)
-    if unpacked > max_bytes or unpacked > _ratio() * size:
+    ratio = _ratio()
+    if unpacked > max_bytes or unpacked > ratio * size:
         raise CorruptCheckpointError(f"{path}: unpacks to {unpacked:,} bytes from {size:,} (limits: {max_bytes:,} "
-                                     f"bytes for this model, {RATIO_ENV}={_ratio():g} times the file)",
+                                     f"bytes for this model, {RATIO_ENV}={ratio:g} times the file)",
                                      "torch.save never compresses; this archive is not a plain checkpoint",
                                      path=str(path))
     return "zip" if all(i.compress_type == zipfile.ZIP_STORED for i in infos) else "zipped"
