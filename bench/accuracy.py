@@ -19,15 +19,14 @@ image (no padding, so nothing is counted twice), and the counts (images,
 top-1 hits, top-5 hits, and the sum of the image indices as a check that each
 image was evaluated exactly once) are summed onto rank 0::
 
-    torchrun --nproc_per_node=4 -m bench.accuracy --all --imagenet /data/imagenet
+    torchrun --nproc_per_node=4 -m bench run --all --checks accuracy --imagenet /data/imagenet
 
-``python -m bench.accuracy ARGS`` is ``cc-bench run --checks accuracy ARGS``.
+(the entry point is ``bench/__main__.py``: ``python -m bench`` is ``cc-bench``).
 """
 from __future__ import annotations
 
 import csv
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -200,14 +199,6 @@ class Counts:
     index_sum: int = 0
     processes: int = 1
 
-    @property
-    def top1_pct(self) -> float:
-        return 100.0 * self.top1 / self.images if self.images else float("nan")
-
-    @property
-    def top5_pct(self) -> float:
-        return 100.0 * self.top5 / self.images if self.images else float("nan")
-
 
 def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 32, workers: int = 0, device: str = "cpu",
              dist: Dist = SINGLE, advance: Callable[[float], None] | None = None) -> Counts:
@@ -252,14 +243,3 @@ def evaluate(model: nn.Module, dataset: Dataset, *, batch_size: int = 32, worker
                            f"(index sum {n * (n - 1) // 2}): some were skipped or counted twice")
     return Counts(images=images, top1=top1, top5=top5, index_sum=index_sum, processes=dist.world)
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bench.accuracy ARGS`` = ``cc-bench run --checks accuracy ARGS`` (torchrun entry point)."""
-    from .cli import main as cli_main
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    return cli_main(["run", *args, "--checks", "accuracy"], prog="python -m bench.accuracy")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

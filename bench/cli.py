@@ -9,12 +9,16 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Sequence
 
+from registry.results_schema import FORMAT, RUN_CHECKS as CHECK_NAMES
+
+from . import options
+from .options import UsageError
+from .store import LOCAL_STORE, PUBLISHED_STORE
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-CHECK_NAMES = ("params", "flops", "filesize", "accuracy", "throughput")
 
 IMAGENET_HELP = """\
 --imagenet DIR layouts (ImageNet-1k val):
@@ -34,71 +38,31 @@ WEIGHTS_HELP = """\
   HF_HUB_OFFLINE=1 respected). Offline without a local copy, both checks are skipped.
 """
 
-STORE_HELP = """\
-results (--results DIR, default ./results): runs/<run_id>.json for every run, and
-  results.csv rebuilt from all runs after each one (format: bench/store.py). The docs
-  pages are then regenerated (registry.docs) into --docs-out unless --no-docs.
+STORE_HELP = f"""\
+results (--results DIR, default ./{LOCAL_STORE}, which git ignores): runs/<run_id>.json for every
+  run, and results.csv rebuilt from all runs after each one (format: registry/results_schema.py).
+  The repository's results/ and docs/ change only with `cc-bench publish`.
 
 accuracy across processes (gloo on CPU, nccl on CUDA; each image counted once):
-  torchrun --nproc_per_node=N -m bench.accuracy --all --imagenet DIR
-  (same options as `cc-bench run --checks accuracy`; rank 0 prints and stores)
+  torchrun --nproc_per_node=N -m bench run --all --checks accuracy --imagenet DIR
+  (`python -m bench` is cc-bench; rank 0 prints and stores)
 """
 
 
-class UsageError(Exception):
-    """Bad arguments or an unusable environment: exit 2 with this message."""
+def _check_names(text: str) -> list[str]:
+    """One ``--checks`` value: comma-separated names (or ``all``), at least one."""
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least one check ({', '.join(CHECK_NAMES)} or all)")
+    for name in names:
+        if name != "all" and name not in CHECK_NAMES:
+            raise argparse.ArgumentTypeError(f"unknown check {name!r}; choose from {', '.join(CHECK_NAMES)}")
+    return list(CHECK_NAMES) if "all" in names else names
 
 
-def _ints(values: Sequence[str] | None, what: str) -> tuple[int, ...] | None:
-    if values is None:
-        return None
-    out = []
-    for value in values:
-        for part in str(value).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if not part.isdigit() or int(part) < 1:
-                raise UsageError(f"{what}: {part!r} is not a positive integer")
-            out.append(int(part))
-    if not out:
-        raise UsageError(f"{what}: give at least one value")
-    return tuple(dict.fromkeys(out))
-
-
-def _check_names(values: Sequence[str] | None) -> tuple[str, ...]:
-    if not values:
-        return CHECK_NAMES
-    names = []
-    for value in values:
-        for part in value.split(","):
-            part = part.strip().lower()
-            if not part:
-                continue
-            if part == "all":
-                names += CHECK_NAMES
-            elif part in CHECK_NAMES:
-                names.append(part)
-            else:
-                raise UsageError(f"--checks: unknown check {part!r}; choose from {', '.join(CHECK_NAMES)}")
-    selected = set(names)
+def _selected(values: list[list[str]] | None) -> tuple[str, ...]:
+    selected = {name for names in values or [CHECK_NAMES] for name in names}
     return tuple(n for n in CHECK_NAMES if n in selected)
-
-
-def _render_docs(index, results_dir: Path, out_dir: Path) -> dict:
-    try:
-        from registry.docs import render_docs
-    except ImportError as exc:
-        return {"status": "skipped", "note": f"docs not rendered: registry.docs.render_docs is not available ({exc})"}
-    try:
-        render_docs(index, results_dir, out_dir)
-    except Exception as exc:  # the measurements are stored; a broken renderer must not hide them
-        message = str(exc).splitlines()[0] if str(exc) else ""
-        return {"status": "error", "note": f"docs not rendered: {type(exc).__name__}: {message}"}
-    return {"status": "rendered", "note": f"docs rendered into {out_dir}", "out": str(out_dir)}
-
-
-_MINIMUM = {"eval_batch_size": 1, "workers": 0, "warmup": 0, "repeats": 1}
 
 
 def _settings(args: argparse.Namespace, names: tuple[str, ...], world: int):
@@ -107,12 +71,6 @@ def _settings(args: argparse.Namespace, names: tuple[str, ...], world: int):
     from .accuracy import DatasetError, find_imagenet
     from .checks.base import Settings
 
-    for option, minimum in _MINIMUM.items():
-        value = getattr(args, option)
-        if value is not None and value < minimum:
-            raise UsageError(f"--{option.replace('_', '-')} must be at least {minimum}")
-    if args.time_budget <= 0:
-        raise UsageError("--time-budget must be positive")
     if args.checkpoint_dir is not None and not args.checkpoint_dir.is_dir():
         raise UsageError(f"--checkpoint-dir {args.checkpoint_dir}: no such folder")
     if args.labels is not None and args.imagenet is None:
@@ -130,7 +88,7 @@ def _settings(args: argparse.Namespace, names: tuple[str, ...], world: int):
         cuda_unavailable=cuda_unavailable if cuda else None,
         imagenet=imagenet,
         checkpoint_dir=args.checkpoint_dir,
-        batch_sizes=_ints(args.batch_sizes, "--batch-sizes") or ((256,) if cuda else (1, 32)),
+        batch_sizes=options.flat(args.batch_sizes) or ((256,) if cuda else (1, 32)),
         eval_batch_size=args.eval_batch_size or (256 if cuda else 32),
         workers=args.workers if args.workers is not None else min(4, max(1, (os.cpu_count() or 1) // world)),
         warmup=args.warmup if args.warmup is not None else (5 if cuda else 1),
@@ -145,7 +103,7 @@ def _run_record(args: argparse.Namespace, index, entries, names, settings, envir
 
     started = store.utc_now()
     return {
-        "format": store.FORMAT,
+        "format": FORMAT,
         "run_id": store.new_run_id(started),
         "timestamp": store.iso(started),
         "finished": None,
@@ -177,14 +135,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if bool(args.all) == bool(args.ids):
         raise UsageError("give model ids or --all (not both)" if args.all else "give model ids, or --all")
-    names = _check_names(args.checks)
+    names = _selected(args.checks)
     world = distributed.launched_world_size()
     if world > 1 and names != ("accuracy",):
         raise UsageError(f"under torchrun (WORLD_SIZE={world}) only the accuracy check is distributed: use "
                          "`--checks accuracy` (or `-m bench.accuracy`), and run the other checks without torchrun")
     if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     settings = _settings(args, names, world)
     index = registry.load(args.index)
@@ -203,10 +159,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         history = None
         run_file = None
         if d.is_main:  # only rank 0 reads and writes the store
+            store.check_store(results_dir)
             if "throughput" in names:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    history = store.read_table(results_dir, warn)
+                history = store.history(results_dir, warn)
             run_file = store.RunFile(results_dir, _run_record(args, index, entries, names, settings, environment,
                                                               world))
 
@@ -225,31 +180,70 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_file.record["finished"] = store.iso(store.utc_now())
         save(results)
         table_path = store.rebuild_table(results_dir, warn)
-        docs = ({"status": "skipped", "note": "docs not rendered (--no-docs)"} if args.no_docs
-                else _render_docs(index, results_dir, args.docs_out))
         code = EXIT_OK if report.ok(results) else EXIT_FAILED
         if args.format == "json":
             payload = report.json_report(
                 results, run_id=run_file.run_id, timestamp=run_file.record["timestamp"],
                 git_commit=environment["git_commit"], environment=run_file.record["environment"],
                 settings=run_file.record["settings"], run_file=str(run_file.path), table=str(table_path),
-                docs=docs, warnings=notes, exit_code=code)
+                warnings=notes, exit_code=code)
             print(json.dumps(store.jsonable(payload), indent=2, default=str))
         else:
-            lines = ["", f"results: {run_file.path} (table {table_path})", docs["note"]]
+            lines = ["", f"results: {run_file.path} (table {table_path}); `cc-bench publish {run_file.run_id}` "
+                         f"adds it to {PUBLISHED_STORE}/ and the docs"]
             print(report.text(results, run_file.run_id, lines))
         return code
     finally:
         distributed.shutdown(d)
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    import registry
+    from registry.docs import DocsError
+
+    from . import store
+    from .publish import publish
+
+    notes: list[str] = []
+
+    def warn(message: str) -> None:
+        notes.append(message)
+        print(f"cc-bench: warning: {message}", file=sys.stderr)
+
+    store.check_store(args.source)
+    local = {run["run_id"]: run for run in store.iter_runs(args.source, warn)}
+    unknown = [run_id for run_id in args.run_ids if run_id not in local]
+    if unknown:
+        raise UsageError(f"no run {', '.join(unknown)} in {args.source} (it has {len(local)} readable runs)")
+    chosen = args.run_ids or ([*local][-1:] if args.latest else list(local))
+    index = registry.load(args.index)
+    try:
+        done = publish(index, args.results, args.docs_out, [args.source / "runs" / f"{r}.json" for r in chosen], warn)
+    except DocsError as exc:
+        print(f"{args.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        raise UsageError(f"cannot write the docs into {args.docs_out}: {exc}") from None
+    if args.format == "json":
+        print(json.dumps({"copied": done.copied, "already_published": done.already, "table": str(done.table),
+                          "docs": str(args.docs_out), "latest_run": done.latest_run, "warnings": notes}, indent=2))
+    else:
+        print(f"published {len(done.copied)} new run(s) into {args.results} ({len(done.already)} already there); "
+              f"{done.table} rebuilt, {len(done.docs)} docs files rendered into {args.docs_out} "
+              f"(latest run {done.latest_run or 'none'})")
+    return EXIT_OK
+
+
 def build_parser(prog: str = "cc-bench") -> argparse.ArgumentParser:
+    from . import compare
+
     parser = argparse.ArgumentParser(
         prog=prog, description="Verify the model index's claims (parameters, FLOPs, file size, accuracy) by "
                                "measuring them, time throughput, and keep every run.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = options.common_parser()
     p = sub.add_parser(
-        "run", help="measure models and compare with the index's claims",
+        "run", help="measure models and compare with the index's claims", parents=[common],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run checks on models of the index and print one table (model x check: claimed, measured, "
                     "tolerance, status) and a verdict. Exit 0 when nothing failed (skips allowed), 1 when a claim "
@@ -257,56 +251,53 @@ def build_parser(prog: str = "cc-bench") -> argparse.ArgumentParser:
                     "published rounded to 10k), flops (fvcore multiply-adds at Image Size, batch 1, vs FLOPs within "
                     "1%; torch.utils.flop_counter as a cross-check), filesize (release file bytes vs File Size, "
                     "exact), accuracy (ImageNet-1k val top-1/top-5 vs Results within 0.1 pt), throughput "
-                    "(images/s; a drop of more than 10%% against the previous run on the same device and settings "
-                    "is reported as a regression, not a failure).",
+                    "(images/s; a drop of more than 10% against the previous run on the same machine fingerprint "
+                    "and settings is reported as a regression, not a failure). params and flops always measure on "
+                    "the CPU; --device cuda without a GPU skips the device checks with the reason. Throughput "
+                    "defaults: --warmup 1, --repeats 3 on CPU; 5 and 20 on CUDA.",
         epilog="\n".join([IMAGENET_HELP, WEIGHTS_HELP, STORE_HELP]))
     p.add_argument("ids", nargs="*", metavar="ID", help="model ids (or --all)")
     p.add_argument("--all", action="store_true", help="every model of the index")
-    p.add_argument("--checks", action="append", metavar="CHECK[,CHECK...]",
+    p.add_argument("--checks", action="append", type=_check_names, metavar="CHECK[,CHECK...]",
                    help=f"checks to run, comma-separated or repeated: {', '.join(CHECK_NAMES)} (default: all)")
-    p.add_argument("--index", type=Path, help="index root, file or folder (default: the packaged index)")
     p.add_argument("--imagenet", type=Path, metavar="DIR", help="ImageNet-1k val (layouts below)")
     p.add_argument("--labels", type=Path, metavar="CSV", help="labels CSV (filename,label) for a flat image folder")
-    p.add_argument("--checkpoint-dir", type=Path, metavar="DIR", help="local release files / weights (see below)")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
-                   help="where accuracy and throughput run (default auto: cuda if available); params and flops "
-                        "always measure on the CPU; cuda without a GPU skips the device checks with the reason")
-    p.add_argument("--batch-sizes", nargs="+", metavar="N",
-                   help="throughput batch sizes (default: 1 32 on CPU, 256 on CUDA)")
-    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's default)")
-    p.add_argument("--warmup", type=int, metavar="N",
-                   help="untimed throughput runs per batch size (default 1 on CPU, 5 on CUDA)")
-    p.add_argument("--repeats", type=int, metavar="N",
-                   help="timed throughput runs per batch size; the median is reported (default 3 on CPU, 20 on CUDA)")
-    p.add_argument("--time-budget", type=float, default=5.0, metavar="S",
+    p.add_argument("--time-budget", type=options.positive_float, default=5.0, metavar="S",
                    help="stop timing a batch size after 2 runs once the next would pass S seconds (default 5)")
-    p.add_argument("--eval-batch-size", type=int, metavar="N", help="accuracy batch size (default 32 CPU, 256 CUDA)")
-    p.add_argument("--workers", type=int, metavar="N",
+    p.add_argument("--eval-batch-size", type=options.positive_int, metavar="N",
+                   help="accuracy batch size (default 32 CPU, 256 CUDA)")
+    p.add_argument("--workers", type=options.non_negative_int, metavar="N",
                    help="accuracy DataLoader workers per process (default min(4, CPUs / processes))")
-    p.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
-                   help="results store (default ./results)")
-    p.add_argument("--docs-out", type=Path, default=Path("docs"), metavar="DIR",
-                   help="where the docs pages are regenerated (default ./docs)")
-    p.add_argument("--no-docs", action="store_true", help="do not regenerate the docs pages after the run")
-    p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
     p.set_defaults(func=cmd_run)
 
-    from . import compare
-
     p = sub.add_parser("compare", help="ours against timm: same weights, outputs checked, timed side by side",
-                       description="Build our model and timm's with the same weights, check their outputs agree within 1e-4 "
-                       "(unfused, fused, channels_last), then time them interleaved in one process with timm's "
-                       "plain EfficientNet as the no-CondConv reference; report images/s, ratios and peak memory. "
-                       "Needs timm (exit 2 without it).")
+                       parents=[common], description=compare.DESCRIPTION)
     compare.add_arguments(p)
-    p.set_defaults(func=lambda args: compare.run(args))
+    p.set_defaults(func=compare.run)
+
+    p = sub.add_parser(
+        "publish", help=f"copy runs into the repository's {PUBLISHED_STORE}/ and regenerate its docs",
+        description=f"Copy runs from the local store into the published results store ({PUBLISHED_STORE}/: its "
+                    "runs/ and a rebuilt results.csv), then regenerate the docs pages from it, all under the "
+                    "store's lock. The only command that changes what the repository publishes. With no RUN_ID: "
+                    "every run of the local store (runs already published are kept as they are).")
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="runs to publish (default: all; see --latest)")
+    p.add_argument("--latest", action="store_true", help="only the newest run of the local store")
+    p.add_argument("--from", dest="source", type=Path, default=LOCAL_STORE, metavar="DIR",
+                   help=f"the store to publish from (default ./{LOCAL_STORE})")
+    p.add_argument("--results", type=Path, default=PUBLISHED_STORE, metavar="DIR",
+                   help=f"the published store (default ./{PUBLISHED_STORE})")
+    p.add_argument("--docs-out", type=Path, default=Path("docs"), metavar="DIR",
+                   help="where the docs pages are regenerated (default ./docs)")
+    p.add_argument("--index", type=Path, help="index root, file or folder (default: the packaged index)")
+    p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
+    p.set_defaults(func=cmd_publish)
     return parser
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "cc-bench") -> int:
     from registry.errors import IndexValidationError, UnknownModelError
-
-    from .store import StoreError
+    from registry.results_schema import ResultsStoreError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(prog)
@@ -314,7 +305,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "cc-bench") -> int:
     args.prog, args.argv = prog, argv
     try:
         return args.func(args)
-    except UsageError as exc:
+    except (UsageError, UnknownModelError, ResultsStoreError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except IndexValidationError as exc:
@@ -324,12 +315,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "cc-bench") -> int:
         print(f"{prog}: the index is invalid ({n} problem{'' if n == 1 else 's'}); run `cc-registry validate` on it "
               "for details", file=sys.stderr)
         return EXIT_FAILED
-    except UnknownModelError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except StoreError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except BrokenPipeError:
         return EXIT_OK
     except KeyboardInterrupt:

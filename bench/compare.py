@@ -1,7 +1,6 @@
 """Ours against timm: the same weights, side by side in one process.
 
-    python -m bench.compare [ID ...] [--batch-sizes 1,32] [--repeats 7] [--compile]
-    cc-bench compare --against timm [ID ...]          (the same)
+    cc-bench compare --against timm [ID ...] [--batch-sizes 1 32] [--repeats 7] [--compile]
 
 For each variant it builds our model and timm's, gives both the same weights
 (the entry's checkpoint from ``--checkpoint-dir`` when there, else calibrated
@@ -19,7 +18,8 @@ timm's as ``timm.create_model`` returns it, with the input layout its
 benchmark script uses (NCHW on CPU; AMP + channels_last on CUDA).
 
 timm is optional: without it the command says so and exits 2. Results go to
-the bench's results store (check ``compare``) and the docs' results page.
+the bench's results store (check ``compare``); ``cc-bench publish`` puts them on
+the docs' results page.
 """
 from __future__ import annotations
 
@@ -40,12 +40,17 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .options import UsageError
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 TOLERANCE = 1e-4
 # The issue's targets, printed beside the figures (not asserted anywhere).
 TARGETS_CPU = {1: 1.2, 32: 1.7}
-TARGET_VS_PLAIN = 1.2
 TARGET_GPU = 1.3
+DESCRIPTION = ("Build our model and timm's with the same weights, check their outputs agree within 1e-4 (unfused, "
+               "fused, channels_last), then time them interleaved in one process with timm's plain EfficientNet as "
+               "the no-CondConv reference; report images/s, ratios and peak memory. Needs timm (exit 2 without it). "
+               "Defaults: --warmup 2, --repeats 7.")
 
 
 class CompareError(Exception):
@@ -169,10 +174,10 @@ def time_interleaved(runners: dict[str, Callable[[], object]], *, warmup: int, r
 
 def peak_rss_mib(impl: str, model_id: str, batch_size: int, index: str | None) -> float | None:
     """Peak resident memory (MiB) of a child process that builds one model and runs one batch."""
-    cmd = [sys.executable, "-m", "bench.compare", "--memory-probe", impl, model_id, "--batch-sizes", str(batch_size),
-           "--threads", str(torch.get_num_threads())]
+    cmd = [sys.executable, "-m", "bench", "compare", "--memory-probe", impl, model_id, "--batch-sizes",
+           str(batch_size), "--threads", str(torch.get_num_threads()), "--device", "cpu"]
     if index:
-        cmd += ["--index", index]
+        cmd += ["--index", str(index)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         print(f"cc-bench compare: memory probe failed: {proc.stderr.strip()[-300:]}", file=sys.stderr)
@@ -296,14 +301,17 @@ def format_row(r: Row) -> str:
 
 def store_rows(rows: Sequence[Row], parities: dict, args, environment: dict) -> Path:
     """One run in the results store, check ``compare``."""
+    from registry import results_schema as schema
+
     from . import store
 
     checks = []
     for r in rows:
-        common = dict(model_id=r.model_id, check="compare", batch_size=r.batch_size, dtype=r.dtype,
+        common = dict(model_id=r.model_id, check=schema.COMPARE, batch_size=r.batch_size, dtype=r.dtype,
                       device=environment["device"], device_name=environment["device_name"],
-                      threads=environment["threads"], torch_version=environment["torch_version"], status="info",
-                      tolerance="", claimed=None)
+                      fingerprint=environment["fingerprint_id"], threads=environment["threads"],
+                      allocator=environment["allocator"], torch_version=environment["torch_version"],
+                      status=schema.INFO, tolerance="", claimed=None)
         extra = {"parity_max_abs_diff": parities[r.model_id], "plain_reference": r.plain_id,
                  "times_s_ours": r.times_ours, "times_s_timm": r.times_timm, "repeats": args.repeats,
                  "warmup": args.warmup, "ours_form": "fused + channels_last", "compiled": r.compiled}
@@ -317,35 +325,25 @@ def store_rows(rows: Sequence[Row], parities: dict, args, environment: dict) -> 
             checks.append({**common, "metric": metric, "measured": round(value, 4), "unit": unit,
                            "reason": format_row(r), "extra": extra})
     now = store.utc_now()
-    record = {"format": store.FORMAT, "run_id": store.new_run_id(now), "timestamp": store.iso(now),
+    record = {"format": schema.FORMAT, "run_id": store.new_run_id(now), "timestamp": store.iso(now),
               "finished": store.iso(store.utc_now()), "git_commit": environment["git_commit"],
-              "environment": environment, "command": ["cc-bench", "compare", *sys.argv[1:]],
+              "environment": environment, "command": [args.prog, *args.argv],
               "index": str(args.index or "packaged"), "settings": {
                   "batch_sizes": list(args.batch_sizes), "repeats": args.repeats, "warmup": args.warmup,
                   "against": "timm", "compile": args.compile}, "checks": checks}
-    run = store.RunFile(Path(args.results), record)
-    store.rebuild_table(Path(args.results))
+    run = store.RunFile(args.results, record)
+    store.rebuild_table(args.results)
     return run.path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """compare's own options; the shared ones come from ``bench.options.common_parser``."""
     p.add_argument("ids", nargs="*", metavar="ID", help="model ids (default: every model in the index)")
     p.add_argument("--against", choices=("timm",), default="timm", help="the implementation to compare with")
-    p.add_argument("--index", help="index root (default: packaged)")
-    p.add_argument("--batch-sizes", default=None, help="comma-separated (default: 1,32 on CPU, 256 on CUDA)")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
     p.add_argument("--gpu-dtypes", default="bfloat16,float16", help="AMP dtypes on CUDA (default: bfloat16,float16)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=7, help="timed runs per model (median reported)")
-    p.add_argument("--checkpoint-dir", type=Path, default=None, help="use the entries' real weights from here")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory child processes")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd models (slow to compile)")
-    p.add_argument("--results", default="results", help="results store (default: ./results)")
     p.add_argument("--no-store", action="store_true", help="do not record the run in the results store")
-    p.add_argument("--docs-out", type=Path, default=Path("docs"), help="where the docs pages are regenerated")
-    p.add_argument("--no-docs", action="store_true", help="do not regenerate the docs pages after storing the run")
-    p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--memory-probe", choices=("ours", "timm"), help=argparse.SUPPRESS)
 
 
@@ -358,20 +356,18 @@ def run(args: argparse.Namespace) -> int:
 
     from . import env as env_mod
 
+    from . import options, store
+
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device, why_not = env_mod.resolve_device(args.device)
     if device == "cuda" and why_not:
-        print(f"cc-bench compare: --device cuda: {why_not}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        args.batch_sizes = tuple(int(b) for b in args.batch_sizes.split(",")) if args.batch_sizes else \
-            ((256,) if device == "cuda" else (1, 32))
-        if any(b < 1 for b in args.batch_sizes) or args.repeats < 1 or args.warmup < 0:
-            raise ValueError
-    except ValueError:
-        print("cc-bench compare: --batch-sizes takes positive integers (e.g. 1,32); --repeats >= 1", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"--device cuda: {why_not}")
+    args.batch_sizes = options.flat(args.batch_sizes) or ((256,) if device == "cuda" else (1, 32))
+    args.warmup = 2 if args.warmup is None else args.warmup
+    args.repeats = 7 if args.repeats is None else args.repeats
+    if not args.no_store and not args.memory_probe:
+        store.check_store(args.results)
     args.gpu_dtypes = tuple(d.strip() for d in args.gpu_dtypes.split(","))
     if args.memory_probe:
         return _memory_probe(args.memory_probe, args.ids[0], args.batch_sizes[0], args.index)
@@ -391,20 +387,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"cc-bench compare: {exc}", file=sys.stderr)
         return EXIT_FAILED
     stored = None if args.no_store else store_rows(rows, parities, args, environment)
-    docs_note = None
-    if stored and not args.no_docs:
-        from .cli import _render_docs
-
-        docs_note = _render_docs(index, Path(args.results), args.docs_out)["note"]
     if args.format == "json":
         print(json.dumps({"environment": environment, "rows": [asdict(r) for r in rows], "parity": parities,
                           "results_run": str(stored) if stored else None}, indent=2))
     else:
         print_summary(rows, log)
         if stored:
-            log(f"results: {stored}")
-        if docs_note:
-            log(docs_note)
+            log(f"results: {stored}; `cc-bench publish {stored.stem}` adds it to the published results and docs")
     return EXIT_OK
 
 
@@ -418,12 +407,3 @@ def print_summary(rows: Sequence[Row], log: Callable[[str], None]) -> None:
             f"{num(r.plain, '>9.2f'):>9} {num(r.ratio_vs_plain, '>7.2f'):>7}x {num(r.peak_rss_ours_mib, '>9.0f'):>9} "
             f"{num(r.peak_rss_timm_mib, '>9.0f'):>9}")
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,17 @@
-"""What a measurement ran on: project commit, torch/CUDA versions, device, threads.
+"""What a measurement ran on: project commit, torch build, device, threads, allocator, machine fingerprint.
 
 Every run record and every row of the results table carries these, so that a
-figure can be traced to the code and the machine that produced it.
+figure can be traced to the code and the machine that produced it. Many machines
+report the same CPU name (every small cloud VM is "AMD EPYC"), so timings are
+compared only between runs with the same :func:`fingerprint`: CPU model, usable
+cores, ISA flags, allocator setting, torch build, and the GPU when there is one.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 import platform
 import subprocess
 import sys
@@ -29,6 +35,9 @@ class Environment:
     device: str  # "cpu" or "cuda" (resolved from --device)
     device_name: str
     threads: int
+    allocator: str
+    fingerprint: dict
+    fingerprint_id: str
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,17 +62,75 @@ def git_commit(project_dir: Path = PROJECT_DIR) -> str:
     return commit if head.returncode == 0 and commit else "unknown"
 
 
+# ISA extensions that change which kernels torch and oneDNN pick (x86 "flags", Arm "Features").
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+             "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimddp", "sve", "sve2",
+             "bf16", "i8mm")
+
+
 @functools.lru_cache(maxsize=None)
-def cpu_name() -> str:
-    """The CPU model as /proc/cpuinfo names it (Linux), else what ``platform`` knows."""
+def _cpuinfo() -> dict[str, str]:
+    """The first value of each /proc/cpuinfo field (Linux); empty elsewhere."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, sep, value = line.partition(":")
+                if sep:
+                    fields.setdefault(key.strip().lower(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    return fields
+
+
+def cpu_name() -> str:
+    """The CPU model as /proc/cpuinfo names it (Linux), else what ``platform`` knows."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def isa_flags() -> list[str]:
+    """The :data:`ISA_FLAGS` this CPU has, in that order."""
+    info = _cpuinfo()
+    present = set((info.get("flags") or info.get("features") or "").split())
+    return [flag for flag in ISA_FLAGS if flag in present]
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def allocator_setting() -> str:
+    """How the process's memory allocator is set up (``cc_models.runtime``), "unknown" before that exists."""
+    try:
+        from cc_models.runtime import allocator_setting as setting
+    except ImportError:
+        return "unknown"
+    return str(setting())
+
+
+def torch_build() -> str:
+    """torch's version, GPU toolkit and the CPU kernels it dispatches to on this machine."""
+    gpu = f"CUDA {torch.version.cuda}" if torch.version.cuda else \
+        f"ROCm {torch.version.hip}" if getattr(torch.version, "hip", None) else "no GPU toolkit"
+    return f"torch {torch.__version__}, {gpu}, CPU capability {torch.backends.cpu.get_cpu_capability()}"
+
+
+def fingerprint(device: str) -> dict:
+    """What makes two timings comparable, beyond dtype and threads (recorded in every run)."""
+    found = {"cpu": cpu_name(), "cores": usable_cores(), "isa": isa_flags(), "allocator": allocator_setting(),
+             "torch_build": torch_build()}
+    if device == "cuda":
+        found["gpu"] = device_name(device)
+    return found
+
+
+def fingerprint_id(found: dict) -> str:
+    """A short stable id of a :func:`fingerprint` (12 hex digits of its SHA-256)."""
+    return hashlib.sha256(json.dumps(found, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -98,6 +165,7 @@ def device_name(device: str) -> str:
 
 
 def collect(device: str) -> Environment:
+    found = fingerprint(device)
     return Environment(
         git_commit=git_commit(),
         torch_version=torch.__version__,
@@ -107,6 +175,9 @@ def collect(device: str) -> Environment:
         device=device,
         device_name=device_name(device),
         threads=torch.get_num_threads(),
+        allocator=found["allocator"],
+        fingerprint=found,
+        fingerprint_id=fingerprint_id(found),
     )
 
 

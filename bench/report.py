@@ -7,9 +7,10 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from .checks.base import ERROR, FAIL, FAILING, INFO, PASS, REGRESSION, SKIP, CheckResult
+from registry.results_schema import STATUSES as STATUS_ORDER
 
-STATUS_ORDER = (PASS, FAIL, ERROR, SKIP, INFO, REGRESSION)
+from .checks.base import FAIL, FAILING, PASS, REGRESSION, CheckResult
+
 _INT_UNITS = {"parameters", "bytes", "MACs", "FLOPs (2/MAC)"}
 
 

@@ -46,6 +46,8 @@ def _fill_environment(row: CheckResult, ctx: Context) -> None:
         row.device_name = env.get("device_name", "") if row.device == env.get("device") else cpu_name()
     row.threads = row.threads if row.threads is not None else env.get("threads")
     row.torch_version = row.torch_version or env.get("torch_version", "")
+    row.fingerprint = row.fingerprint or env.get("fingerprint_id", "")
+    row.allocator = row.allocator or env.get("allocator", "")
 
 
 def run(entries: Sequence["ModelEntry"], names: Sequence[str], ctx: Context,

@@ -1,52 +1,25 @@
 """The results store: every ``cc-bench`` run kept, plus one combined table the docs read.
 
-Layout (default ``results/`` relative to the working directory; ``--results DIR``)::
+The format (folders, run files, columns, "latest") is :mod:`registry.results_schema`.
+Where a store lives:
 
-    results/
-      runs/<run_id>.json   one file per run, never edited by another run
-      results.csv          combined table, rebuilt from all readable run files after each run
-      .lock                fcntl.flock lock taken around every rebuild of results.csv
-
-``run_id`` is the UTC start time plus a short random suffix, e.g.
-``20261127T190102Z-3f9a``; it sorts in time order.
-
-A run file is a JSON object::
-
-    {"format": "cc-bench-run/1", "run_id": "...", "timestamp": "2026-11-27T19:01:02Z",
-     "finished": "2026-11-27T19:01:40Z" | null,       # null while running / if killed midway
-     "git_commit": "<sha>" | "unknown",
-     "environment": {"torch_version", "cuda_version", "python_version", "platform",
-                     "device", "device_name", "threads", ...},
-     "command": [...argv...], "index": "<path>", "settings": {...},
-     "checks": [ {<one object per row, the CSV columns below except the run-level ones;
-                  "extra" is an object here>}, ... ]}
-
-``results.csv`` columns, in this order (one row per check result)::
-
-    run_id, timestamp (ISO 8601 UTC), git_commit, model_id,
-    check   (params | flops | filesize | accuracy | throughput),
-    metric  (params: parameters; flops: macs, flop_counter_flops; filesize: bytes;
-             accuracy: top1, top5; throughput: images_per_s),
-    claimed, measured, tolerance (text, e.g. "±1%"), unit,
-    status  (pass | fail | skip | error | info | regression),
-    reason, device, device_name, dtype, threads, torch_version,
-    batch_size (throughput only; empty otherwise),
-    extra   (a JSON object as a string: fvcore's skipped ops, the erratum, ratio, ...)
-
-Rows are in run order (``run_id``), then in the order the run measured them.
-Readers take the latest row per ``(model_id, check, metric, batch_size)``
-(:func:`latest`).
+* ``cc-bench run`` and ``cc-bench compare`` write to the local store, ``.cc-bench/``
+  under the working directory (``--results DIR`` overrides). It ignores itself in
+  git (a ``.gitignore`` of ``*`` inside, as ``.pytest_cache`` does), so a run leaves
+  a checkout clean.
+* the repository's published store is ``results/``; only ``cc-bench publish`` writes it.
 
 Guarantees:
 
-* Every write is atomic: a temporary file in the same folder, fsync, ``os.replace``.
-  A run rewrites its own file after each model, so a run killed midway leaves
-  what it finished (``finished`` is null) and never a half-written file.
+* Every write is atomic (:mod:`registry.safe_files`). A run rewrites its own file
+  after each model, so a run killed midway leaves what it finished (``finished``
+  is null) and never a half-written file.
 * Two runs at once do not clobber each other: each owns its run file (created
-  exclusively), and ``results.csv`` is rebuilt from *all* run files under an
-  exclusive lock, so whichever rebuild comes last includes both runs.
-* A corrupt, truncated or foreign file in ``runs/`` is skipped with a warning
-  when the table is rebuilt; it never stops a run or a reader.
+  exclusively), and ``results.csv`` is rebuilt from *all* run files under the
+  store's lock (``.lock``, fcntl.flock), so whichever rebuild comes last has both.
+* A corrupt, truncated, foreign or non-regular file in ``runs/`` is skipped with a
+  warning (a FIFO is never opened). A store whose folders or table are of the
+  wrong kind is an error (:class:`ResultsStoreError`), never an empty store.
 """
 from __future__ import annotations
 
@@ -56,43 +29,30 @@ import json
 import math
 import os
 import secrets
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
-import pandas as pd
+from registry import results_schema as schema
+from registry.results_schema import ResultsStoreError
+from registry.safe_files import atomic_write, create_exclusive, read_bytes
 
 try:  # POSIX; elsewhere rebuilds are not serialised between processes
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-FORMAT = "cc-bench-run/1"
-DEFAULT_DIR = Path("results")
-RUNS = "runs"
-TABLE = "results.csv"
+LOCAL_STORE = Path(".cc-bench")
+PUBLISHED_STORE = Path("results")
 LOCK = ".lock"
+MAX_RUN_BYTES = 64 << 20
 
-RUN_COLUMNS = ("run_id", "timestamp", "git_commit")
-ROW_COLUMNS = ("model_id", "check", "metric", "claimed", "measured", "tolerance", "unit", "status", "reason",
-               "device", "device_name", "dtype", "threads", "torch_version", "batch_size", "extra")
-COLUMNS = RUN_COLUMNS + ROW_COLUMNS
-KEY = ("model_id", "check", "metric", "batch_size")
-CHECKS = ("params", "flops", "filesize", "accuracy", "throughput")
-STATUSES = ("pass", "fail", "skip", "error", "info", "regression")
+__all__ = ["LOCAL_STORE", "PUBLISHED_STORE", "ResultsStoreError", "RunFile", "StoreWarning", "check_store",
+           "history", "iter_runs", "locked", "new_run_id", "read_run", "rebuild_table", "run_rows", "write_table"]
 
 
 class StoreWarning(UserWarning):
     """A file in the results store could not be read and was skipped."""
-
-
-class StoreError(Exception):
-    """The results store cannot be written (permissions, disk full, not a folder)."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# ids, times, atomic writes
 
 
 def utc_now() -> _dt.datetime:
@@ -109,67 +69,47 @@ def new_run_id(now: _dt.datetime | None = None) -> str:
     return f"{now.astimezone(_dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
 
 
-def _temp_file(path: Path, text: str) -> Path:
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
+def check_store(results_dir: Path) -> None:
+    """Refuse a store whose parts are of the wrong kind, before anything is measured or written."""
+    results_dir = Path(results_dir)
+    for path, folder in ((results_dir, True), (results_dir / schema.RUNS_DIR, True),
+                         (results_dir / schema.TABLE_FILE, False)):
+        if not os.path.lexists(path):
+            continue
+        if not path.exists():
+            raise ResultsStoreError(path, "a dangling symbolic link")
+        if folder and not path.is_dir():
+            raise ResultsStoreError(path, "not a folder; a results store is a folder (runs/ and results.csv)")
+        if not folder and not path.is_file():
+            raise ResultsStoreError(path, "not a regular file; the results table is a CSV file")
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a part."""
-    path = Path(path)
-    tmp = _temp_file(path, text)
-    try:
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _create_exclusive(path: Path, text: str) -> bool:
-    """Atomically create ``path`` with ``text``; False (nothing written) when it already exists."""
-    tmp = _temp_file(path, text)
-    try:
-        os.link(tmp, path)  # fails if path exists: exclusive and atomic
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-    return True
+def _prepare(results_dir: Path) -> None:
+    check_store(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    if results_dir.name == LOCAL_STORE.name:  # the local store stays out of git, wherever it is
+        ignore = results_dir / ".gitignore"
+        if not os.path.lexists(ignore):
+            atomic_write(ignore, "# created by cc-bench: the local results store is not committed\n*\n")
 
 
 @contextlib.contextmanager
 def locked(results_dir: Path) -> Iterator[None]:
-    """Hold the store's exclusive lock (``results/.lock``) while the block runs."""
-    results_dir.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    fd = os.open(results_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    """Hold the store's exclusive lock while the block runs (not re-entrant: one holder per process at a time)."""
+    results_dir = Path(results_dir)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        _prepare(results_dir)
+        fd = os.open(results_dir / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_NONBLOCK", 0), 0o644)
+    except OSError as exc:
+        raise ResultsStoreError(results_dir, f"cannot use the results store: {exc.strerror or exc}") from None
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
 
@@ -209,18 +149,19 @@ class RunFile:
     def __init__(self, results_dir: Path, record: dict[str, Any]):
         self.results_dir = Path(results_dir)
         self.record = record
-        runs = self.results_dir / RUNS
+        runs = self.results_dir / schema.RUNS_DIR
         try:
+            _prepare(self.results_dir)
             runs.mkdir(parents=True, exist_ok=True)
             for _ in range(100):
                 self.path = runs / f"{record['run_id']}.json"
-                if _create_exclusive(self.path, dumps(record)):
+                if create_exclusive(self.path, dumps(record)):
                     break
                 record["run_id"] = new_run_id()  # same second, same suffix: draw again
             else:  # pragma: no cover
-                raise StoreError(f"could not create a new run file in {runs}")
+                raise ResultsStoreError(runs, "could not create a new run file")
         except OSError as exc:
-            raise StoreError(f"cannot write to the results store {self.results_dir}: {exc}") from exc
+            raise ResultsStoreError(self.results_dir, f"cannot write to the results store: {exc}") from exc
 
     @property
     def run_id(self) -> str:
@@ -228,37 +169,41 @@ class RunFile:
 
     def save(self) -> None:
         try:
-            atomic_write_text(self.path, dumps(self.record))
+            atomic_write(self.path, dumps(self.record))
         except OSError as exc:
-            raise StoreError(f"cannot write {self.path}: {exc}") from exc
+            raise ResultsStoreError(self.path, f"cannot write: {exc}") from exc
 
 
-def _valid_run(obj: Any) -> str | None:
+def _run_problem(obj: Any) -> str | None:
     """Why ``obj`` is not a run record, or None."""
     if not isinstance(obj, dict):
         return "not a JSON object"
-    if obj.get("format") != FORMAT:
-        return f"format is {obj.get('format')!r}, expected {FORMAT!r}"
+    if obj.get("format") != schema.FORMAT:
+        return f"format is {obj.get('format')!r}, expected {schema.FORMAT!r}"
     for key in ("run_id", "timestamp"):
         if not isinstance(obj.get(key), str):
             return f"missing {key!r}"
+    try:
+        schema.parse_timestamp(obj["timestamp"])
+    except ValueError:
+        return f"timestamp {obj['timestamp']!r} is not ISO 8601"
     checks = obj.get("checks")
     if not isinstance(checks, list) or not all(isinstance(c, dict) for c in checks):
         return "'checks' is not a list of objects"
-    for i, c in enumerate(checks):
-        for key in ("model_id", "check", "metric", "status"):
-            if not isinstance(c.get(key), str):
-                return f"checks[{i}] has no {key!r}"
+    for i, row in enumerate(run_rows(obj)):
+        problem = schema.row_problem(row)
+        if problem:
+            return f"checks[{i}].{problem[0]}: {problem[1]}"
     return None
 
 
 def read_run(path: Path) -> dict[str, Any]:
-    """One run file; raises ``ValueError`` saying why it is unusable."""
+    """One run file; raises ``ValueError`` saying why it is unusable (a FIFO or folder is never opened)."""
     try:
-        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+        obj = json.loads(read_bytes(path, MAX_RUN_BYTES).decode("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"unreadable ({exc})") from None
-    why = _valid_run(obj)
+    why = _run_problem(obj)
     if why:
         raise ValueError(why)
     return obj
@@ -271,15 +216,14 @@ def _warn(message: str) -> None:
 def iter_runs(results_dir: Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Every readable run in the store, oldest first; unreadable files are reported through ``warn`` and skipped."""
     warn = warn or _warn
-    folder = Path(results_dir) / RUNS
+    folder = Path(results_dir) / schema.RUNS_DIR
     runs = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             runs.append(read_run(path))
         except ValueError as exc:
             warn(f"{path}: {exc}; skipped")
-    runs.sort(key=lambda r: (r["run_id"], r["timestamp"]))
-    return runs
+    return schema.chronological(runs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -288,61 +232,39 @@ def iter_runs(results_dir: Path, warn: Callable[[str], None] | None = None) -> l
 
 def run_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
     """The run's checks as table rows (all COLUMNS; ``extra`` as a JSON string)."""
-    env = run.get("environment") or {}
+    env = run.get("environment")
+    env = {**env, "fingerprint": env.get("fingerprint_id")} if isinstance(env, dict) else {}
     rows = []
     for check in run["checks"]:
         row = {"run_id": run["run_id"], "timestamp": run["timestamp"], "git_commit": run.get("git_commit", "unknown")}
-        for col in ROW_COLUMNS:
+        for col in schema.ROW_COLUMNS:
             row[col] = check.get(col)
-        for col in ("device", "device_name", "threads", "torch_version"):
+        for col in schema.ENVIRONMENT_COLUMNS:
             if row[col] in (None, ""):
                 row[col] = env.get(col)
-        row["extra"] = json.dumps(jsonable(check.get("extra") or {}), sort_keys=True, default=_json_default)
+        extra = check.get("extra")
+        row["extra"] = json.dumps(jsonable(extra or {}), sort_keys=True, default=_json_default) \
+            if isinstance(extra, dict) or extra is None else extra
         rows.append(row)
     return rows
 
 
-def frame(runs: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    rows = [row for run in runs for row in run_rows(run)]
-    df = pd.DataFrame(rows, columns=list(COLUMNS), dtype=object)  # object: integer claims stay integers
-    for col in ("threads", "batch_size"):
-        df[col] = pd.array(pd.to_numeric(df[col], errors="coerce"), dtype="Int64")
-    return df
+def history(results_dir: Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Every row of every readable run, oldest run first (what regression flags compare against)."""
+    return [row for run in iter_runs(results_dir, warn) for row in run_rows(run)]
 
 
-def rebuild_table(results_dir: Path, warn: Callable[[str], None] | None = None) -> Path:
-    """Rebuild ``results.csv`` from every readable run file, under the store's lock, atomically."""
-    results_dir = Path(results_dir)
-    path = results_dir / TABLE
+def write_table(results_dir: Path, warn: Callable[[str], None] | None = None) -> Path:
+    """Rebuild ``results.csv`` from every readable run file, atomically; the caller holds :func:`locked`."""
+    path = Path(results_dir) / schema.TABLE_FILE
     try:
-        with locked(results_dir):
-            df = frame(iter_runs(results_dir, warn))
-            atomic_write_text(path, df.to_csv(index=False))
+        atomic_write(path, schema.write_table(history(results_dir, warn)))
     except OSError as exc:
-        raise StoreError(f"cannot rebuild {path}: {exc}") from exc
+        raise ResultsStoreError(path, f"cannot rebuild: {exc}") from exc
     return path
 
 
-def read_table(results_dir: Path, warn: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """The combined table: ``results.csv`` when readable, else rebuilt in memory from the run files."""
-    path = Path(results_dir) / TABLE
-    if path.is_file():
-        try:
-            df = pd.read_csv(path, dtype={"run_id": str, "extra": str, "reason": str, "tolerance": str},
-                             keep_default_na=True)
-            if list(df.columns) == list(COLUMNS):
-                for col in ("threads", "batch_size"):
-                    df[col] = pd.array(pd.to_numeric(df[col], errors="coerce"), dtype="Int64")
-                return df
-            (warn or _warn)(f"{path}: unexpected columns; rebuilt from the run files")
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            (warn or _warn)(f"{path}: unreadable ({exc}); rebuilt from the run files")
-    return frame(iter_runs(results_dir, warn))
-
-
-def latest(df: pd.DataFrame) -> pd.DataFrame:
-    """The latest row per (model_id, check, metric, batch_size)."""
-    if df.empty:
-        return df
-    ordered = df.sort_values(["run_id"], kind="stable")
-    return ordered.drop_duplicates(subset=list(KEY), keep="last", ignore_index=True)
+def rebuild_table(results_dir: Path, warn: Callable[[str], None] | None = None) -> Path:
+    """:func:`write_table` under the store's lock."""
+    with locked(results_dir):
+        return write_table(results_dir, warn)

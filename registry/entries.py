@@ -135,10 +135,6 @@ class HubLocation:
     revision: str = "main"
     sha256: str | None = None  # full hex digest of `filename`, when known
 
-    @property
-    def url_path(self) -> str:
-        return f"{self.repo_id}/resolve/{self.revision}/{self.filename}"
-
 
 @dataclass(frozen=True)
 class ReleaseFile:

@@ -13,7 +13,8 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests.bench_support import MODEL_IDS, cc_bench, copy_index, offline_env, run_records, set_field
 
-from bench import cli, store
+from bench import cli
+from registry.results_schema import COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def full_run(tmp_path_factory):
 def test_run_all_passes_offline_without_imagenet(full_run):
     tmp, proc = full_run
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    (record,) = run_records(tmp / "results")
+    (record,) = run_records(tmp / ".cc-bench")
     assert record["finished"] and record["git_commit"] and record["environment"]["torch_version"]
     for model_id in MODEL_IDS:
         mine = [c for c in record["checks"] if c["model_id"] == model_id]
@@ -58,11 +59,11 @@ def test_run_all_passes_offline_without_imagenet(full_run):
 
 
 @pytest.mark.slow
-def test_run_all_keeps_results_table_and_docs(full_run):
+def test_run_all_keeps_its_table_in_the_local_store_only(full_run):
     tmp, proc = full_run
-    with open(tmp / "results" / "results.csv", newline="") as f:
+    with open(tmp / ".cc-bench" / "results.csv", newline="") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == store.COLUMNS
+        assert tuple(reader.fieldnames) == COLUMNS
         table = list(reader)
     assert len(table) == 3 * (1 + 2 + 1 + 2 + 2)
     flops = [r for r in table if r["check"] == "flops" and r["metric"] == "macs"]
@@ -70,8 +71,9 @@ def test_run_all_keeps_results_table_and_docs(full_run):
         extra = json.loads(r["extra"])
         assert extra["fvcore_skipped_ops"], "fvcore's skipped ops must be listed"
         assert extra["erratum"]["published"] == registry.load().get(r["model_id"]).erratum("Metadata.FLOPs").published
-    # the docs were regenerated, or a note says why not
-    assert (tmp / "docs").is_dir() or "docs not rendered" in proc.stdout
+    # nothing outside the local store (and the test's own caches), which git ignores
+    assert {p.name for p in tmp.iterdir()} <= {".cc-bench", "hf-home", "torch-home"}
+    assert (tmp / ".cc-bench" / ".gitignore").read_text().splitlines()[-1] == "*"
 
 
 @pytest.mark.slow
@@ -81,7 +83,7 @@ def test_seed_page_flops_fail_for_every_model(tmp_path):
     published = {m: index.get(m).erratum("Metadata.FLOPs").published for m in MODEL_IDS}
     for model_id, value in published.items():
         set_field(root, model_id, "FLOPs", value)
-    proc = cc_bench(["run", "--all", "--checks", "flops", "--index", str(root), "--format", "json", "--no-docs"],
+    proc = cc_bench(["run", "--all", "--checks", "flops", "--index", str(root), "--format", "json"],
                     cwd=tmp_path, env=offline_env(tmp_path))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
@@ -100,7 +102,10 @@ def test_seed_page_flops_fail_for_every_model(tmp_path):
 
 
 def _main(argv, capsys):
-    code = cli.main(argv)
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -111,6 +116,15 @@ def _main(argv, capsys):
     (["run", "--all", "--checks", "speed"], "unknown check 'speed'"),
     (["run", "tf_efficientnet_cc_b0_4x"], "did you mean"),
     (["run", "--all", "--batch-sizes", "0"], "not a positive integer"),
+    (["run", "--all", "--batch-sizes", "²"], "'²' is not a positive integer"),
+    (["run", "--all", "--batch-sizes", ","], "give at least one positive integer"),
+    (["run", "--all", "--checks", ","], "give at least one check"),
+    (["run", "--all", "--checks", "params", "--checks", " , "], "give at least one check"),
+    (["run", "--all", "--time-budget", "nan"], "not a positive finite number"),
+    (["run", "--all", "--time-budget", "inf"], "not a positive finite number"),
+    (["run", "--all", "--time-budget", "0"], "not a positive finite number"),
+    (["compare", "--batch-sizes", "²"], "not a positive integer"),
+    (["compare", "--repeats", "0"], "not a positive integer"),
     (["run", "--all", "--checks", "accuracy", "--imagenet", "/nonexistent/imagenet"], "no such folder"),
     (["run", "--all", "--checkpoint-dir", "/nonexistent/ckpt"], "no such folder"),
 ])
@@ -120,7 +134,7 @@ def test_usage_errors_exit_2(argv, message, capsys, tmp_path, monkeypatch):
     assert code == 2
     assert message in err
     assert "Traceback" not in err
-    assert not (tmp_path / "results").exists()
+    assert not list(tmp_path.iterdir())  # no store created, nothing stored
 
 
 def test_unrecognised_imagenet_layout_is_an_environment_error(tmp_path, capsys, monkeypatch):
@@ -153,7 +167,7 @@ def test_cuda_requested_without_gpu_skips_device_checks(tmp_path, capsys, monkey
         pytest.skip("this machine has a GPU")
     monkeypatch.chdir(tmp_path)
     code, out, _ = _main(["run", "tf_efficientnet_cc_b0_4e", "--checks", "accuracy,throughput", "--device", "cuda",
-                          "--format", "json", "--no-docs"], capsys)
+                          "--format", "json"], capsys)
     assert code == 0
     report = json.loads(out)
     assert {r["check"] for r in report["results"]} == {"accuracy", "throughput"}

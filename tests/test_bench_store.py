@@ -19,6 +19,12 @@ except ImportError:  # tests/ imported as a package
     from tests.bench_support import BIN, offline_env, run_records
 
 from bench import cli, store
+from registry import results_schema as schema
+from registry.results_schema import TABLE_FILE
+
+
+def table(folder: Path) -> list[dict[str, str]]:
+    return schema.read_table(folder / TABLE_FILE)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 def record(run_id: str | None = None, measured: float = 13_314_116, model: str = "m0", checks: int = 1) -> dict:
     run_id = run_id or store.new_run_id()
     return {
-        "format": store.FORMAT, "run_id": run_id, "timestamp": "2026-11-27T19:01:02Z", "finished": None,
+        "format": schema.FORMAT, "run_id": run_id, "timestamp": "2026-11-27T19:01:02Z", "finished": None,
         "git_commit": "abc123", "environment": {"device": "cpu", "device_name": "CPU X", "threads": 2,
                                                 "torch_version": "2.14.1"},
         "checks": [{"model_id": model, "check": "params", "metric": "parameters", "claimed": 13_310_000,
@@ -52,18 +58,18 @@ def test_table_columns_values_and_latest(tmp_path):
     path = store.rebuild_table(tmp_path)
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == store.COLUMNS == (
+        assert tuple(reader.fieldnames) == schema.COLUMNS == (
             "run_id", "timestamp", "git_commit", "model_id", "check", "metric", "claimed", "measured", "tolerance",
-            "unit", "status", "reason", "device", "device_name", "dtype", "threads", "torch_version", "batch_size",
-            "extra")
+            "unit", "status", "reason", "device", "device_name", "fingerprint", "dtype", "threads", "allocator",
+            "torch_version", "batch_size", "extra")
         rows = list(reader)
     assert [r["run_id"] for r in rows] == ["20261127T190000Z-aaaa", "20261127T190500Z-bbbb"]
     assert rows[0]["claimed"] == "13310000" and rows[0]["measured"] == "1"  # integers stay integers
     # run-level environment fills what a row leaves empty
     assert rows[0]["device_name"] == "CPU X" and rows[0]["threads"] == "2" and rows[0]["torch_version"] == "2.14.1"
     assert json.loads(rows[0]["extra"]) == {"difference": 4116, "ops": {"aten::mul": 3}}
-    latest = store.latest(store.read_table(tmp_path))
-    assert len(latest) == 1 and latest.iloc[0]["run_id"] == "20261127T190500Z-bbbb"
+    latest = schema.latest_per_key(table(tmp_path))
+    assert len(latest) == 1 and latest[0]["run_id"] == "20261127T190500Z-bbbb"
 
 
 def test_same_run_id_twice_gets_a_new_file(tmp_path):
@@ -98,28 +104,28 @@ def test_corrupt_run_files_are_skipped_with_a_warning(tmp_path):
     store.rebuild_table(tmp_path, warned.append)
     assert len(warned) == len(BAD_FILES) + 1
     assert all("skipped" in w and "runs/20261127T180000Z-000" in w for w in warned)
-    df = store.read_table(tmp_path)
-    assert list(df["run_id"]) == [good_id]
+    assert [r["run_id"] for r in table(tmp_path)] == [good_id]
     with pytest.warns(store.StoreWarning):
         store.iter_runs(tmp_path)  # without a callback: Python warnings
 
 
-def test_corrupt_results_csv_is_rebuilt_in_memory(tmp_path):
+def test_corrupt_results_csv_is_a_located_error_and_the_next_rebuild_repairs_it(tmp_path):
     store.RunFile(tmp_path, record("20261127T190000Z-aaaa")).save()
-    (tmp_path / store.TABLE).write_text('run_id,"unterminated\n\x00\x00')
-    warned: list[str] = []
-    df = store.read_table(tmp_path, warned.append)
-    assert list(df["run_id"]) == ["20261127T190000Z-aaaa"] and warned
+    (tmp_path / TABLE_FILE).write_text('run_id,"unterminated\n\x00\x00')
+    with pytest.raises(store.ResultsStoreError, match=r"results\.csv:1: header: missing"):
+        table(tmp_path)
+    store.rebuild_table(tmp_path)
+    assert [r["run_id"] for r in table(tmp_path)] == ["20261127T190000Z-aaaa"]
 
 
 def test_cli_run_over_a_corrupt_store_warns_and_keeps_going(tmp_path, capsys, monkeypatch):
     good_id = _corrupt_store(tmp_path / "results")
     monkeypatch.chdir(tmp_path)
-    code = cli.main(["run", "tf_efficientnet_cc_b0_4e", "--checks", "params", "--no-docs"])
+    code = cli.main(["run", "tf_efficientnet_cc_b0_4e", "--checks", "params", "--results", "results"])
     out, err = capsys.readouterr()
     assert code == 0, out + err
     assert err.count("cc-bench: warning:") == len(BAD_FILES) + 1
-    runs = set(store.read_table(tmp_path / "results")["run_id"])
+    runs = {r["run_id"] for r in table(tmp_path / "results")}
     assert good_id in runs and len(runs) == 2
     assert "Traceback" not in err
 
@@ -134,13 +140,13 @@ def test_a_crash_while_writing_leaves_the_previous_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(store.os, "replace", broken_replace)
     run.record["checks"] = run.record["checks"] * 3
-    with pytest.raises(store.StoreError, match="No space left"):
+    with pytest.raises(store.ResultsStoreError, match="No space left"):
         run.save()
     assert run.path.read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["20261127T190000Z-aaaa.json"]  # no temp left
-    with pytest.raises(store.StoreError):
+    with pytest.raises(store.ResultsStoreError):
         store.rebuild_table(tmp_path)
-    assert not (tmp_path / store.TABLE).exists()
+    assert not (tmp_path / TABLE_FILE).exists()
 
 
 WRITER = textwrap.dedent("""
@@ -166,17 +172,17 @@ def test_concurrent_runs_do_not_clobber_each_other(tmp_path):
                for tag in ("a", "b", "c")]
     reads = 0
     while any(w.poll() is None for w in writers):
-        if (tmp_path / store.TABLE).exists():  # a reader never sees a half-written table
-            df = pd.read_csv(tmp_path / store.TABLE)
-            assert list(df.columns) == list(store.COLUMNS)
+        if (tmp_path / TABLE_FILE).exists():  # a reader never sees a half-written table
+            df = pd.read_csv(tmp_path / TABLE_FILE)
+            assert list(df.columns) == list(schema.COLUMNS)
             reads += 1
         time.sleep(0.01)
     assert [w.returncode for w in writers] == [0, 0, 0]
     runs = run_records(tmp_path)
     assert len(runs) == 3 * n and all(r["finished"] for r in runs)
-    df = store.read_table(tmp_path)
-    assert len(df) == 3 * n * 20
-    assert sorted(set(df["model_id"])) == sorted(f"{t}-{i}" for t in "abc" for i in range(n))
+    rows = table(tmp_path)
+    assert len(rows) == 3 * n * 20
+    assert sorted({r["model_id"] for r in rows}) == sorted(f"{t}-{i}" for t in "abc" for i in range(n))
     assert not [p for p in tmp_path.rglob("*.tmp")]
 
 
@@ -206,8 +212,8 @@ def test_a_writer_killed_at_any_moment_leaves_readable_files(tmp_path):
     killed = store.read_run(tmp_path / "runs" / "20261127T180000Z-kill.json")
     assert killed["finished"] is None and killed["checks"]
     warned: list[str] = []
-    df = store.read_table(tmp_path, warned.append)
-    assert not warned and {"20261127T170000Z-0000", "20261127T180000Z-kill"} == set(df["run_id"])
+    rows = store.history(tmp_path, warned.append)
+    assert not warned and {"20261127T170000Z-0000", "20261127T180000Z-kill"} == {r["run_id"] for r in rows}
     store.rebuild_table(tmp_path, warned.append)  # the next run cleans up after it
     assert not warned
 
@@ -219,7 +225,7 @@ def test_cc_bench_killed_midway_keeps_finished_models(tmp_path):
     store.rebuild_table(results)
     earlier = (results / "runs" / "20261127T170000Z-0000.json").read_bytes()
     proc = subprocess.Popen([str(BIN / "cc-bench"), "run", "--all", "--checks", "params,throughput",
-                             "--batch-sizes", "1", "--repeats", "3", "--no-docs"],
+                             "--batch-sizes", "1", "--repeats", "3", "--results", "results"],
                             cwd=tmp_path, env=offline_env(tmp_path), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     partial = None
@@ -243,6 +249,6 @@ def test_cc_bench_killed_midway_keeps_finished_models(tmp_path):
     assert {c["model_id"] for c in killed["checks"]} >= {"tf_efficientnet_cc_b0_4e"}
     assert {c["status"] for c in killed["checks"]} <= {"pass", "info"}
     # the table on disk is still the earlier one, intact; the next rebuild picks the partial run up
-    assert set(pd.read_csv(results / store.TABLE)["run_id"]) == {"20261127T170000Z-0000"}
+    assert {r["run_id"] for r in table(results)} == {"20261127T170000Z-0000"}
     store.rebuild_table(results)
-    assert set(store.read_table(results)["run_id"]) == {"20261127T170000Z-0000", killed["run_id"]}
+    assert {r["run_id"] for r in table(results)} == {"20261127T170000Z-0000", killed["run_id"]}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from registry import results_schema as schema
+
 from .. import accuracy as acc
 from .. import distributed, models
 from .base import FAIL, PASS, CheckError, CheckResult, Context, SkipCheck
@@ -18,7 +20,7 @@ from .base import FAIL, PASS, CheckError, CheckResult, Context, SkipCheck
 if TYPE_CHECKING:  # pragma: no cover
     from registry import ModelEntry
 
-NAME = "accuracy"
+NAME = schema.ACCURACY
 TOLERANCE_PT = 0.1
 METRICS = (("top1", "Top 1 Accuracy"), ("top5", "Top 5 Accuracy"))
 

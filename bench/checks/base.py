@@ -13,19 +13,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from registry.results_schema import ERROR, FAIL, FAILING, INFO, PASS, REGRESSION, SKIP  # noqa: F401 (re-exported)
+
 from ..distributed import SINGLE, Dist
 from ..progress import QUIET, Progress
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
     from torch import nn
 
     from registry import ModelEntry, ModelIndex
 
     from ..accuracy import ImageSet
-
-PASS, FAIL, SKIP, ERROR, INFO, REGRESSION = "pass", "fail", "skip", "error", "info", "regression"
-FAILING = frozenset({FAIL, ERROR})
 
 
 @dataclass
@@ -43,8 +41,10 @@ class CheckResult:
     reason: str = ""
     device: str = ""
     device_name: str = ""
+    fingerprint: str = ""
     dtype: str = ""
     threads: int | None = None
+    allocator: str = ""
     torch_version: str = ""
     batch_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -88,7 +88,7 @@ class Context:
     index: "ModelIndex"
     settings: Settings
     env: dict[str, Any]
-    history: "pd.DataFrame | None" = None  # earlier results (the store's table), for regressions
+    history: list[dict[str, Any]] | None = None  # earlier rows of the store (bench.store.history), for regressions
     progress: Progress = QUIET
     dist: Dist = SINGLE
     build_model: Callable[["ModelEntry", "ModelIndex"], "nn.Module"] | None = None

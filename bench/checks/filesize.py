@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from registry import results_schema as schema
+
 from .. import models
 from .base import ERROR, FAIL, PASS, CheckResult, Context, SkipCheck, fmt_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from registry import ModelEntry
 
-NAME = "filesize"
+NAME = schema.FILESIZE
 
 
 def template(entry: "ModelEntry", ctx: Context) -> list[CheckResult]:

@@ -19,13 +19,15 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING
 
+from registry import results_schema as schema
+
 from .. import flops as counting
 from .base import FAIL, INFO, PASS, SKIP, CheckResult, Context, fmt_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from registry import ModelEntry
 
-NAME = "flops"
+NAME = schema.FLOPS
 TOLERANCE = 0.01
 CROSS_CHECK_TOLERANCE = 0.05
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from registry import results_schema as schema
+
 from .base import FAIL, PASS, CheckResult, Context, fmt_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from registry import ModelEntry
 
-NAME = "params"
+NAME = schema.PARAMS
 ROUNDING = 10_000
 
 

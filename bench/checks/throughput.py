@@ -1,8 +1,10 @@
 """throughput: images/s at each batch size (informational; the index claims no speed).
 
 A row is ``info``, or ``regression`` when it is more than 10% below the latest
-earlier stored run of the same model on the same device (device name), dtype,
-thread count and batch size. Figures drift between runs on shared machines;
+earlier stored run of the same model on the same machine (the same device
+fingerprint: CPU/GPU, cores, ISA flags, allocator, torch build; see ``bench.env``),
+dtype, thread count and batch size. A run recorded without a fingerprint is never
+compared against. Figures drift between runs on shared machines;
 only ratios measured side by side are comparable, so a regression is reported,
 not failed.
 """
@@ -11,15 +13,15 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from registry import results_schema as schema
+
 from .. import throughput as timing
 from .base import INFO, REGRESSION, CheckResult, Context, SkipCheck
 
 if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
-
     from registry import ModelEntry
 
-NAME = "throughput"
+NAME = schema.THROUGHPUT
 METRIC = "images_per_s"
 REGRESSION_DROP = 0.10
 
@@ -31,19 +33,19 @@ def template(entry: "ModelEntry", ctx: Context) -> list[CheckResult]:
                         batch_size=bs, device=s.device, dtype=dtype) for bs in s.batch_sizes]
 
 
-def previous(history: "pd.DataFrame | None", row: CheckResult, env: dict[str, Any]) -> dict[str, Any] | None:
-    """The latest earlier measurement of the same model, batch size, device name, dtype and threads."""
-    if history is None or history.empty:
+def previous(history: list[dict[str, Any]] | None, row: CheckResult, env: dict[str, Any]) -> dict[str, Any] | None:
+    """The latest earlier measurement of the same model and batch size, on the same fingerprint, dtype and threads."""
+    fingerprint = env.get("fingerprint_id")
+    if not history or not fingerprint:
         return None
-    h = history
-    mask = ((h["model_id"] == row.model_id) & (h["check"] == NAME) & (h["metric"] == METRIC)
-            & (h["batch_size"] == row.batch_size) & (h["device"] == row.device)
-            & (h["device_name"] == env.get("device_name")) & (h["dtype"] == row.dtype)
-            & (h["threads"] == env.get("threads")) & h["status"].isin([INFO, REGRESSION]) & h["measured"].notna())
-    found = h[mask.fillna(False).astype(bool)]
-    if found.empty:
+    same = [h for h in history
+            if (h["model_id"], h["check"], h["metric"], h["batch_size"], h["device"], h["fingerprint"], h["dtype"],
+                h["threads"]) == (row.model_id, NAME, METRIC, row.batch_size, row.device, fingerprint, row.dtype,
+                                  env.get("threads"))
+            and h["status"] in (INFO, REGRESSION) and h["measured"] is not None]
+    if not same:
         return None
-    last = found.sort_values("run_id", kind="stable").iloc[-1]
+    last = schema.chronological(same)[-1]
     return {"run_id": str(last["run_id"]), "images_per_s": float(last["measured"]),
             "torch_version": str(last["torch_version"])}
 

@@ -78,8 +78,8 @@ def render_card(entry: ModelEntry, index: ModelIndex, results: Results) -> str:
 
 def export_hf_card(entry: ModelEntry, index: ModelIndex, results: Results, out_dir: str | Path) -> Path:
     """Write ``out_dir/README.md`` (atomically); returns its path."""
-    from .render import _atomic_write
+    from ..safe_files import atomic_write
 
     path = Path(out_dir) / "README.md"
-    _atomic_write(path, render_card(entry, index, results).encode())
+    atomic_write(path, render_card(entry, index, results).encode())
     return path

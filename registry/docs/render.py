@@ -23,10 +23,8 @@ Rendering is deterministic: same index and results, same bytes (plots included).
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -41,6 +39,8 @@ import model_index
 from ..entries import CollectionEntry, ModelEntry
 from ..errors import RegistryError
 from ..index import ModelIndex, default_index
+from ..results_schema import latest_per_key
+from ..safe_files import atomic_write
 from ..sources import display_path
 from .block import model_index_block
 from .figures import ModelSummary, fmt_bytes, fmt_giga, fmt_number, fmt_percent, summarize
@@ -189,10 +189,8 @@ def load_baselines(path: Path = BASELINES_FILE) -> list[dict[str, Any]]:
 
 
 def _latest_per_key(rows: Iterable[Measurement]) -> list[Measurement]:
-    latest: dict[tuple, Measurement] = {}
-    for row in sorted(rows, key=lambda r: r.order):
-        latest[(row.model_id, row.check, row.metric, row.batch_size)] = row
-    return sorted(latest.values(), key=lambda r: (r.model_id, r.metric, r.batch_size or 0))
+    latest = latest_per_key(rows, getattr)
+    return sorted(latest, key=lambda r: (r.model_id, r.metric, r.batch_size or 0))
 
 
 @dataclass(frozen=True)
@@ -209,6 +207,7 @@ class CompareRow:
     peak_rss_ours: float | None = None
     peak_rss_timm: float | None = None
     plain_id: str | None = None
+    conditions: str = ""
 
 
 def compare_rows(results: Results) -> list[CompareRow]:
@@ -227,7 +226,7 @@ def compare_rows(results: Results) -> list[CompareRow]:
         plain_id = status_row.extra.get("plain_reference") if status_row.extra else None
         out.append(CompareRow(model_id, batch, ours, timm, ratio, status_row.state, status_row.label,
                               value("images_per_s_plain"), value("ratio_vs_plain"), value("peak_rss_ours"),
-                              value("peak_rss_timm"), plain_id))
+                              value("peak_rss_timm"), plain_id, status_row.conditions))
     return out
 
 
@@ -470,19 +469,6 @@ def render_pages(index: ModelIndex, results: Results, templates_dir: Path | None
 # Writing and checking
 # ---------------------------------------------------------------------------
 
-def _atomic_write(path: Path, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _is_generated(path: Path) -> bool:
     try:
         with path.open("rb") as handle:
@@ -537,7 +523,7 @@ def render_docs(index: ModelIndex | str | Path | None = None, results_dir: str |
     for rel, rendered in files.items():
         path = out / rel
         if not path.is_file() or path.read_bytes() != rendered.content:
-            _atomic_write(path, rendered.content)
+            atomic_write(path, rendered.content)
         written.append(path)
     for path in stale_files(out, files):
         path.unlink()

@@ -1,47 +1,33 @@
 """Read the bench's results store (``<results>/results.csv``); the registry only ever reads it.
 
-The store is append-only: one row per measured figure per run. What a page
-shows for a figure is the latest row for its (model, check, metric, batch
-size), by timestamp. Checks and statuses this module does not know are kept
-and shown as they are, so that the bench can grow without breaking the docs.
+The format, and which row is the latest of a figure, are :mod:`registry.results_schema`'s.
+A missing store is "no bench run recorded"; a store that exists but cannot be read
+(a folder or FIFO where the table should be, a bad row) is a :class:`ResultsStoreError`,
+so a page never silently loses its figures.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-import pandas as pd
-
-RESULTS_FILE = "results.csv"
-COLUMNS = (
-    "run_id", "timestamp", "git_commit", "model_id", "check", "metric", "claimed", "measured", "tolerance", "unit",
-    "status", "reason", "device", "device_name", "dtype", "threads", "torch_version", "batch_size", "extra",
-)
-REQUIRED = ("run_id", "timestamp", "model_id", "check", "metric", "measured", "status")
+from .. import results_schema as schema
+from ..results_schema import ResultsStoreError
 
 # Bench status -> what a page says about the figure.
 STATUS_LABELS = {
-    "pass": ("verified", "verified"),
-    "fail": ("mismatch", "mismatch"),
-    "skip": ("not-verified", "not verified"),
-    "error": ("not-verified", "not verified"),
-    "info": ("measured", "measured"),
-    "regression": ("regression", "regression"),
+    schema.PASS: ("verified", "verified"),
+    schema.FAIL: ("mismatch", "mismatch"),
+    schema.SKIP: ("not-verified", "not verified"),
+    schema.ERROR: ("not-verified", "not verified"),
+    schema.INFO: ("measured", "measured"),
+    schema.REGRESSION: ("regression", "regression"),
 }
 NO_RUN_REASON = "no bench run recorded"
-
-
-class ResultsStoreError(ValueError):
-    """The results store exists but cannot be read; says which file and why."""
-
-    def __init__(self, path: Path | str, message: str):
-        self.path = str(path)
-        super().__init__(f"{path}: {message}")
-
 
 def to_float(value: Any) -> float | None:
     if value is None or isinstance(value, bool):
@@ -71,16 +57,14 @@ class Measurement:
     reason: str
     device: str
     device_name: str
+    fingerprint: str
     dtype: str
     threads: str
+    allocator: str
     torch_version: str
     batch_size: int | None
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
     order: int = field(default=0, compare=False, repr=False)  # rank in time (then file) order
-
-    @property
-    def claimed_value(self) -> float | None:
-        return to_float(self.claimed)
 
     @property
     def measured_value(self) -> float | None:
@@ -101,10 +85,13 @@ class Measurement:
             return f"{label}: {reason}"
         return label
 
-
-def _batch_size(value: str) -> int | None:
-    number = to_float(value)
-    return int(number) if number is not None and number == int(number) else None
+    @property
+    def conditions(self) -> str:
+        """What a timing ran under: dtype, threads, allocator, device and its fingerprint in short."""
+        device = self.device_name or self.device or "unknown device"
+        machine = f"{device}, fingerprint {self.fingerprint[:8] if self.fingerprint else 'not recorded'}"
+        threads = f"{self.threads} thread{'' if self.threads == '1' else 's'}" if self.threads else "threads unknown"
+        return f"{self.dtype or 'dtype unknown'}, {threads}, allocator {self.allocator or 'not recorded'}, {machine}"
 
 
 def _extra(value: str) -> Mapping[str, Any]:
@@ -124,8 +111,10 @@ class Run:
     git_commit: str
     device: str
     device_name: str
+    fingerprint: str
     dtype: str
     threads: str
+    allocator: str
     torch_version: str
     counts: Mapping[str, int]  # status -> number of rows
     order: int = field(default=0, compare=False, repr=False)
@@ -154,9 +143,10 @@ class Results:
             counts: dict[str, int] = {}
             for r in rows:
                 counts[r.status] = counts.get(r.status, 0) + 1
-            runs.append(Run(run_id, first.timestamp, first.git_commit, first.device, first.device_name, first.dtype,
-                            first.threads, first.torch_version, MappingProxyType(dict(sorted(counts.items()))),
-                            first.order))
+            when = schema.parse_timestamp(first.timestamp).strftime("%Y-%m-%d %H:%M:%S UTC")
+            runs.append(Run(run_id, when, first.git_commit, first.device, first.device_name, first.fingerprint,
+                            first.dtype, first.threads, first.allocator, first.torch_version,
+                            MappingProxyType(dict(sorted(counts.items()))), first.order))
         return tuple(sorted(runs, key=lambda r: r.order, reverse=True))
 
     @property
@@ -174,9 +164,6 @@ class Results:
         rows = self.latest if latest_only else self.rows
         return tuple(r for r in rows if r.check == check and (run_id is None or r.run_id == run_id))
 
-    def in_run(self, run_id: str) -> tuple[Measurement, ...]:
-        return tuple(r for r in self.rows if r.run_id == run_id)
-
     @property
     def checks(self) -> tuple[str, ...]:
         return tuple(sorted({r.check for r in self.latest}))
@@ -187,48 +174,27 @@ def _sort_key(row: Measurement) -> tuple:
 
 
 def read_results(results_dir: Path | str | None) -> Results:
-    """The store under ``results_dir``; an empty ``Results`` when there is none (no run recorded yet).
+    """The store under ``results_dir`` (its folder, or its ``results.csv``); empty when there is none yet.
 
-    Raises ``ResultsStoreError`` when the file exists but is not a results table.
+    Raises ``ResultsStoreError`` (located ``file:line: column: message``) when the store exists but cannot be read.
     """
     if results_dir is None:
         return Results(source=None)
     path = Path(results_dir)
-    if path.is_dir() or not path.suffix:
-        path = path / RESULTS_FILE
-    if not path.is_file():
+    if path.is_dir():
+        path = path / schema.TABLE_FILE
+    elif os.path.lexists(path) and path.suffix != ".csv":
+        raise ResultsStoreError(path, "not a folder; give the results store's folder (or its results.csv)")
+    if not os.path.lexists(path):
         return Results(source=None)
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
-        raise ResultsStoreError(path, f"cannot read the results table: {exc}") from None
-    missing = [c for c in REQUIRED if c not in frame.columns]
-    if missing:
-        raise ResultsStoreError(path, f"missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}")
-    for column in COLUMNS:
-        if column not in frame.columns:
-            frame[column] = ""
-    stamps = pd.to_datetime(frame["timestamp"], utc=True, errors="coerce", format="ISO8601")
-    bad = frame.index[stamps.isna()].tolist()
-    if bad:
-        raise ResultsStoreError(path, f"row {bad[0] + 2}: timestamp {frame.loc[bad[0], 'timestamp']!r} is not ISO 8601")
-    frame["_stamp"] = stamps
-    frame["_row"] = range(len(frame))
-    frame["timestamp"] = stamps.dt.strftime("%Y-%m-%d %H:%M:%S UTC")  # one display form per instant
     rows = [
         Measurement(
-            **{c: str(rec[c]).strip() for c in COLUMNS if c not in ("batch_size", "extra")},
-            batch_size=_batch_size(rec["batch_size"]),
-            extra=_extra(str(rec["extra"]).strip()),
+            **{c: rec[c] for c in schema.COLUMNS if c not in ("batch_size", "extra")},
+            batch_size=int(rec["batch_size"]) if rec["batch_size"] else None,
+            extra=_extra(rec["extra"]),
             order=order,
         )
-        for order, rec in enumerate(frame.sort_values(["_stamp", "_row"], kind="stable").to_dict("records"))
+        for order, rec in enumerate(schema.chronological(schema.read_table(path)))
     ]
-    latest: dict[tuple, Measurement] = {}
-    for row in rows:  # in time order: the last one wins
-        latest[(row.model_id, row.check, row.metric, row.batch_size)] = row
-    return Results(source=path, rows=tuple(rows), latest=tuple(sorted(latest.values(), key=_sort_key)))
-
-
-def distinct(values: Iterable[Any]) -> list[Any]:
-    return sorted({v for v in values if v is not None})
+    latest = schema.latest_per_key(rows, getattr)
+    return Results(source=path, rows=tuple(rows), latest=tuple(sorted(latest, key=_sort_key)))
