@@ -225,7 +225,7 @@ def test_pipeline_matches_the_timm_reference_loop(known_weights, tmp_path, capsy
     monkeypatch.chdir(tmp_path)
     code = cli.main(["run", MODEL_ID, "--checks", "accuracy", "--index", str(kw["index"]), "--imagenet",
                      str(kw["data"]), "--checkpoint-dir", str(kw["checkpoints"]), "--workers", "0",
-                     "--eval-batch-size", "8", "--format", "json", "--no-docs"])
+                     "--eval-batch-size", "8", "--format", "json"])
     report = json.loads(capsys.readouterr().out)
     rows = _accuracy_rows(report)
     _assert_counts(rows, kw["expected"], processes=1)
@@ -257,9 +257,9 @@ def test_two_processes_under_torchrun_give_identical_counts(known_weights, tmp_p
     results = tmp_path / "results"
     env = offline_env(tmp_path, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "bench.accuracy", MODEL_ID, "--index", str(kw["index"]), "--imagenet", str(kw["data"]),
+           "-m", "bench", "run", MODEL_ID, "--checks", "accuracy", "--index", str(kw["index"]), "--imagenet", str(kw["data"]),
            "--checkpoint-dir", str(kw["checkpoints"]), "--workers", "0", "--eval-batch-size", "4",
-           "--results", str(results), "--format", "json", "--no-docs", "--device", "cpu"]
+           "--results", str(results), "--format", "json", "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert "{" in proc.stdout, proc.stdout + proc.stderr[-4000:]
     assert proc.returncode != 0, "the 10-class toy fails the index's claims, so torchrun reports rank 0's exit 1"
@@ -276,7 +276,7 @@ def test_accuracy_skipped_without_weights(known_weights, tmp_path, capsys, monke
         if key.startswith(("HF_", "TORCH_")):
             monkeypatch.setenv(key, value)
     code = cli.main(["run", MODEL_ID, "--checks", "accuracy", "--index", str(kw["index"]), "--imagenet",
-                     str(kw["data"]), "--format", "json", "--no-docs"])
+                     str(kw["data"]), "--format", "json"])
     rows = _accuracy_rows(json.loads(capsys.readouterr().out))
     assert code == 0
     for row in rows.values():
@@ -286,7 +286,7 @@ def test_accuracy_skipped_without_weights(known_weights, tmp_path, capsys, monke
 def test_class_count_mismatch_is_an_error(known_weights, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = cli.main(["run", MODEL_ID, "--checks", "accuracy", "--imagenet", str(known_weights["data"]),
-                     "--format", "json", "--no-docs"])  # the packaged index: 1000 classes
+                     "--format", "json"])  # the packaged index: 1000 classes
     rows = _accuracy_rows(json.loads(capsys.readouterr().out))
     assert code == 1
     assert all(r["status"] == "error" and "10 class folders but the model has 1000" in r["reason"]

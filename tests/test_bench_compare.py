@@ -21,8 +21,9 @@ def test_plain_reference_names():
 
 @pytest.mark.slow
 def test_compare_runs_and_stores(tmp_path, capsys):
-    code = main(["compare", "tf_efficientnet_cc_b0_4e", "--batch-sizes", "2", "--repeats", "1", "--warmup", "0",
-                 "--no-memory", "--results", str(tmp_path), "--docs-out", str(tmp_path / "docs"), "--format", "json"])
+    argv = ["compare", "tf_efficientnet_cc_b0_4e", "--batch-sizes", "2", "--repeats", "1", "--warmup", "0",
+            "--no-memory", "--results", str(tmp_path), "--format", "json"]
+    code = main(argv)
     out = capsys.readouterr()
     assert code == 0, out.err
     report = json.loads(out.out)
@@ -35,6 +36,10 @@ def test_compare_runs_and_stores(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "results.csv")
     rows = table[table["check"] == "compare"]
     assert {"images_per_s_ours", "images_per_s_timm", "ratio"} <= set(rows["metric"])
+    (run,) = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*.json")]
+    assert run["command"] == ["cc-bench", *argv]
+    assert main(["publish", "--from", str(tmp_path), "--results", str(tmp_path / "published"),
+                 "--docs-out", str(tmp_path / "docs")]) == 0
     results_page = (tmp_path / "docs" / "results.md").read_text()
     shown = re.search(r"tf_efficientnet_cc_b0_4e</code> \| 2 \| [\d.,]+ \| [\d.,]+ \| ([\d.]+)x? \|", results_page)
     assert "Ours against timm" in results_page and shown, results_page
@@ -53,7 +58,7 @@ def test_disagreeing_outputs_stop_the_timing(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setattr(compare, "paired_models", broken)
     code = main(["compare", "tf_efficientnet_cc_b0_4e", "--batch-sizes", "1", "--repeats", "1", "--no-memory",
-                 "--results", str(tmp_path), "--no-docs"])
+                 "--results", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 1 and "differ from timm" in err
     assert not (tmp_path / "results.csv").exists()
