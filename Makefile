@@ -1,13 +1,14 @@
-# One command sets up and runs the main job, one sets up and runs the tests.
-#   make run    create .venv if missing, install cc-hub, run `cc-bench run --all`
+# One command sets up and runs the main job, one sets up and runs the tests; both leave `git status` clean.
+#   make run    create .venv if missing, install cc-hub, run `cc-bench run --all` (into .cc-bench/, git-ignored)
 #   make test   create .venv if missing, install cc-hub with test+docs extras (and Chromium), run pytest
+#   make publish  copy the local runs into results/ and regenerate docs/ (the only target that changes them)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Re-install when the project's metadata changes.
 STAMP  := $(VENV)/.cc-hub-installed
 
-.PHONY: setup run test browser validate docs docs-check serve compare clean
+.PHONY: setup run test browser validate publish docs docs-check serve compare clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +36,9 @@ test: setup browser
 validate: setup
 	$(BIN)/cc-registry validate
 
+publish: setup
+	$(BIN)/cc-bench publish
+
 # Regenerate docs/ from the index and results/, then build the site into site/.
 docs: setup
 	$(BIN)/cc-registry docs
@@ -47,9 +51,9 @@ docs-check: setup
 serve: docs
 	$(BIN)/python -m http.server -d site -b 127.0.0.1 8000
 
-# Ours against timm, same weights, side by side (several minutes on 2 cores).
+# Ours against timm, same weights, side by side (several minutes on 2 cores); into .cc-bench/ like `run`.
 compare: setup
 	$(BIN)/cc-bench compare --against timm
 
 clean:
-	rm -rf $(VENV) build dist site *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site *.egg-info .pytest_cache .cc-bench
