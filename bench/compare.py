@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from . import throughput
 from .options import UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -136,28 +137,10 @@ def check_parity(ours: nn.Module, theirs: nn.Module, input_size: tuple[int, int,
     return {**diffs, "logit_scale": scale}
 
 
-def _timer(device: str) -> Callable[[Callable[[], object]], float]:
-    if device == "cuda":
-        def cuda_time(fn):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end) / 1000.0
-        return cuda_time
-
-    def cpu_time(fn):
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-    return cpu_time
-
-
 def time_interleaved(runners: dict[str, Callable[[], object]], *, warmup: int, repeats: int, device: str,
                      autocast: contextlib.AbstractContextManager | None = None) -> dict[str, list[float]]:
     """Seconds per call of each runner; every repeat runs each once, the order rotating per repeat."""
-    timer = _timer(device)
+    timer = throughput.timer(device)
     names = list(runners)
     times: dict[str, list[float]] = {n: [] for n in names}
     with torch.inference_mode(), (autocast or contextlib.nullcontext()):

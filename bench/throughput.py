@@ -67,6 +67,25 @@ def prepare(model: nn.Module, device: str) -> nn.Module:
     return model
 
 
+def timer(device: str) -> Callable[[Callable[[], object]], float]:
+    """A function timing one call in seconds: CUDA events (then a synchronise) on ``cuda``, else perf_counter."""
+    if device == "cuda":
+        def cuda_time(fn: Callable[[], object]) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1000.0
+        return cuda_time
+
+    def cpu_time(fn: Callable[[], object]) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    return cpu_time
+
+
 def measure(model: nn.Module, input_size: tuple[int, int, int], batch_size: int, *, device: str = "cpu",
             warmup: int = 1, repeats: int = 3, budget_s: float = 5.0,
             advance: Callable[[float], None] | None = None) -> Timing:
@@ -78,18 +97,10 @@ def measure(model: nn.Module, input_size: tuple[int, int, int], batch_size: int,
         x = x.contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else contextlib.nullcontext()
     times: list[float] = []
+    time_call = timer(device)
 
     def once() -> float:
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            model(x)
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end) / 1000.0
-        t0 = time.perf_counter()
-        model(x)
-        return time.perf_counter() - t0
+        return time_call(lambda: model(x))
 
     with torch.inference_mode(), autocast:
         for _ in range(max(0, warmup)):

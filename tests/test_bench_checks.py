@@ -16,12 +16,13 @@ except ImportError:  # tests/ imported as a package
     from tests.bench_support import copy_index, offline_env, release_name, set_field
 
 from bench import report, runner, store
+from registry import results_schema as schema
 from bench.checks import CHECKS, Context, Settings
 from bench.checks.base import CheckResult
 
 MODEL_ID = "tf_efficientnet_cc_b0_4e"
 ENV = {"device": "cpu", "device_name": "Test CPU", "threads": 2, "torch_version": torch.__version__,
-       "git_commit": "abc"}
+       "git_commit": "abc", "fingerprint_id": "0123456789ab", "allocator": "test"}
 
 
 class Tiny(nn.Module):
@@ -150,15 +151,15 @@ def test_a_corrupt_local_release_file_is_an_error(release_index, tmp_path, monke
 # throughput
 
 
-def _history(measured: float, threads: int = 2, device_name: str = "Test CPU", batch_size: int = 1):
+def _history(measured: float, threads: int = 2, fingerprint: str = ENV["fingerprint_id"], batch_size: int = 1):
     run = {
-        "format": store.FORMAT, "run_id": "20260101T000000Z-0000", "timestamp": "2026-01-01T00:00:00Z",
+        "format": schema.FORMAT, "run_id": "20260101T000000Z-0000", "timestamp": "2026-01-01T00:00:00Z",
         "git_commit": "old", "environment": {},
         "checks": [CheckResult(MODEL_ID, "throughput", "images_per_s", measured=measured, status="info",
-                               device="cpu", device_name=device_name, dtype="float32", threads=threads,
-                               torch_version="2.0.0", batch_size=batch_size).to_dict()],
+                               device="cpu", device_name="Test CPU", fingerprint=fingerprint, dtype="float32",
+                               threads=threads, torch_version="2.0.0", batch_size=batch_size).to_dict()],
     }
-    return store.frame([run])
+    return store.run_rows(run)
 
 
 def test_throughput_records_settings_and_compares_with_the_previous_run(index):
@@ -180,7 +181,8 @@ def test_throughput_records_settings_and_compares_with_the_previous_run(index):
     (fast,) = runner.run_check("throughput", entry, ctx_for(index, history=_history(1e-3), batch_sizes=(1,)))
     assert fast.status == "info" and "previous run 20260101T000000Z-0000" in fast.reason
 
-    for other in (_history(1e9, threads=8), _history(1e9, device_name="Other CPU"), _history(1e9, batch_size=32)):
+    for other in (_history(1e9, threads=8), _history(1e9, fingerprint="another-one"), _history(1e9, fingerprint=""),
+                  _history(1e9, batch_size=32)):
         (row,) = runner.run_check("throughput", entry, ctx_for(index, history=other, batch_sizes=(1,)))
         assert row.status == "info" and "no earlier run" in row.reason
 
