@@ -204,6 +204,8 @@ def read_run(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"unreadable ({exc})") from None
     why = _run_problem(obj)
+    if not why and obj["run_id"] != Path(path).stem:  # a run is named by its file: nothing read from elsewhere
+        why = f"run_id {obj['run_id']!r} differs from the file's name"
     if why:
         raise ValueError(why)
     return obj

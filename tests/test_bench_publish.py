@@ -146,6 +146,17 @@ def test_a_store_of_the_wrong_kind_is_an_error_and_the_docs_stay(make, tmp_path,
     assert snapshot(docs) == before
 
 
+def test_a_run_whose_id_is_not_its_file_name_is_skipped(tmp_path, capsys):
+    local = local_store(tmp_path / "local", record("20260101T000000Z-0001", "2026-01-01T00:00:00Z"))
+    (tmp_path / "outside.json").write_text(store.dumps(record("20260102T000000Z-0002", "2026-01-02T00:00:00Z")))
+    sneaky = store.dumps(record("../outside", "2026-01-03T00:00:00Z"))
+    (local / "runs" / "20260103T000000Z-0003.json").write_text(sneaky)
+    code, _, err = main(["publish", "--from", str(local), "--results", str(tmp_path / "pub"), "--docs-out",
+                         str(tmp_path / "d")], capsys)
+    assert code == 0 and "run_id '../outside' differs from the file's name" in err
+    assert [p.name for p in (tmp_path / "pub" / "runs").iterdir()] == ["20260101T000000Z-0001.json"]
+
+
 def test_a_fifo_in_runs_is_skipped_with_a_warning_never_opened(tmp_path, capsys):
     local = local_store(tmp_path / "local", record("20260101T000000Z-0001", "2026-01-01T00:00:00Z"))
     os.mkfifo(local / "runs" / "20260102T000000Z-fifo.json")
