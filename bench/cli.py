@@ -139,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     world = distributed.launched_world_size()
     if world > 1 and names != ("accuracy",):
         raise UsageError(f"under torchrun (WORLD_SIZE={world}) only the accuracy check is distributed: use "
-                         "`--checks accuracy` (or `-m bench.accuracy`), and run the other checks without torchrun")
+                         "`--checks accuracy`, and run the other checks without torchrun")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     settings = _settings(args, names, world)
