@@ -13,15 +13,11 @@ from pathlib import Path
 import yaml
 
 import model_index
+from constants import MACS, PARAMS  # noqa: F401  (re-exported: fvcore's counts, what a bench run would measure)
+from constants import MODEL_IDS as IDS
+from registry.results_schema import COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
-IDS = ("tf_efficientnet_cc_b0_4e", "tf_efficientnet_cc_b0_8e", "tf_efficientnet_cc_b1_8e")
-COLUMNS = ("run_id", "timestamp", "git_commit", "model_id", "check", "metric", "claimed", "measured", "tolerance",
-           "unit", "status", "reason", "device", "device_name", "dtype", "threads", "torch_version", "batch_size",
-           "extra")
-# fvcore on timm's models (shared/reference/anchors.md): what a bench run would measure.
-MACS = {"tf_efficientnet_cc_b0_4e": 410171168, "tf_efficientnet_cc_b0_8e": 420870304, "tf_efficientnet_cc_b1_8e": 745303680}
-PARAMS = {"tf_efficientnet_cc_b0_4e": 13314116, "tf_efficientnet_cc_b0_8e": 24013284, "tf_efficientnet_cc_b1_8e": 39715968}
 XSS_MARK = "__cc_xss"
 
 

@@ -7,16 +7,10 @@ import torch
 import torch.nn as nn
 
 from bench.calibrate import randomize_  # noqa: F401  (shared with bench.compare)
+from constants import ANCHORS  # noqa: F401  (re-exported for the model tests)
+from constants import MODEL_IDS as VARIANTS
 
 FIXTURE_INDEX = Path(__file__).parent / "fixtures" / "efficientnet_cc_index"
-
-# Public anchors (shared/reference/anchors.md): exact parameter counts and fvcore multiply-adds at batch 1.
-ANCHORS = {
-    "tf_efficientnet_cc_b0_4e": {"params": 13_314_116, "fvcore": 410_171_168, "fvcore_condconv": 217_270_560},
-    "tf_efficientnet_cc_b0_8e": {"params": 24_013_284, "fvcore": 420_870_304, "fvcore_condconv": 227_964_960},
-    "tf_efficientnet_cc_b1_8e": {"params": 39_715_968, "fvcore": 745_303_680, "fvcore_condconv": 437_895_360},
-}
-VARIANTS = tuple(ANCHORS)
 
 
 def timm_and_ours(name: str, seed: int = 1) -> tuple[nn.Module, nn.Module]:

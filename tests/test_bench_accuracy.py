@@ -14,10 +14,7 @@ import torch
 
 import registry
 
-try:
-    from bench_support import copy_index, offline_env, release_name, run_records, set_field
-except ImportError:  # tests/ imported as a package
-    from tests.bench_support import copy_index, offline_env, release_name, run_records, set_field
+from bench_support import copy_index, offline_env, release_name, run_records, set_field
 
 from bench import cli
 from bench.accuracy import DatasetError, ShardSampler, find_imagenet

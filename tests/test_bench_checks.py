@@ -10,10 +10,7 @@ from torch import nn
 
 import registry
 
-try:
-    from bench_support import copy_index, offline_env, release_name, set_field
-except ImportError:  # tests/ imported as a package
-    from tests.bench_support import copy_index, offline_env, release_name, set_field
+from bench_support import copy_index, offline_env, release_name, set_field
 
 from bench import report, runner, store
 from registry import results_schema as schema

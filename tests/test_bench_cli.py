@@ -8,10 +8,7 @@ import pytest
 
 import registry
 
-try:
-    from bench_support import MODEL_IDS, cc_bench, copy_index, offline_env, run_records, set_field
-except ImportError:  # tests/ imported as a package
-    from tests.bench_support import MODEL_IDS, cc_bench, copy_index, offline_env, run_records, set_field
+from bench_support import MODEL_IDS, cc_bench, copy_index, offline_env, run_records, set_field
 
 from bench import cli
 from registry.results_schema import COLUMNS

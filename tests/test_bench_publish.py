@@ -1,7 +1,7 @@
 """`cc-bench publish`, and the results store under careless or hostile input: a clear error, no hang, docs kept."""
 from __future__ import annotations
 
-import json
+import csv
 import os
 import signal
 import threading
@@ -269,3 +269,14 @@ def test_throughput_figures_state_their_conditions(tmp_path):
     (line,) = [x for x in (tmp_path / "d" / "results.md").read_text().splitlines()
                if x.startswith(f"| <code>{MODEL}</code> | 1 |")]
     assert "float32, 2 threads, allocator glibc mmap/trim 1 GiB, CPU X, fingerprint abcdef12" in line
+
+
+def test_a_table_from_before_fingerprints_reads_with_them_empty(tmp_path):
+    legacy = [c for c in schema.COLUMNS if c not in ("fingerprint", "allocator")]
+    with open(tmp_path / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=legacy, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(store.run_rows(record("20260101T000000Z-0001", "2026-01-01T00:00:00Z")))
+    (measured,) = read_results(tmp_path).rows
+    assert (measured.fingerprint, measured.allocator, measured.batch_size) == ("", "", 1)
+    assert "allocator not recorded" in measured.conditions and "fingerprint not recorded" in measured.conditions

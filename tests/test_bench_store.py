@@ -13,10 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-try:
-    from bench_support import BIN, offline_env, run_records
-except ImportError:  # tests/ imported as a package
-    from tests.bench_support import BIN, offline_env, run_records
+from bench_support import BIN, offline_env, run_records
 
 from bench import cli, store
 from registry import results_schema as schema

@@ -8,10 +8,7 @@ timm = pytest.importorskip("timm")
 
 import cc_models
 
-try:
-    from model_oracle import ANCHORS, VARIANTS, fvcore_counts, max_abs_diff, randomize_, timm_and_ours
-except ImportError:  # tests/ imported as a package
-    from tests.model_oracle import ANCHORS, VARIANTS, fvcore_counts, max_abs_diff, randomize_, timm_and_ours
+from model_oracle import ANCHORS, VARIANTS, fvcore_counts, max_abs_diff, randomize_, timm_and_ours
 
 TOL = 1e-4
 

@@ -11,10 +11,7 @@ import torch.nn.functional as F
 import cc_models
 from registry import StageSpec
 
-try:
-    from model_oracle import max_abs_diff, randomize_
-except ImportError:  # tests/ imported as a package
-    from tests.model_oracle import max_abs_diff, randomize_
+from model_oracle import max_abs_diff, randomize_
 
 NAME = "tf_efficientnet_cc_b0_4e"
 SIZE = (160, 160)  # smaller than 224 to keep the suite fast; every code path is the same

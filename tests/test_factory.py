@@ -12,10 +12,7 @@ import torch
 import cc_models
 import registry
 
-try:
-    from model_oracle import FIXTURE_INDEX, VARIANTS, max_abs_diff, randomize_
-except ImportError:  # tests/ imported as a package
-    from tests.model_oracle import FIXTURE_INDEX, VARIANTS, max_abs_diff, randomize_
+from model_oracle import FIXTURE_INDEX, VARIANTS, max_abs_diff, randomize_
 
 NAME = "tf_efficientnet_cc_b0_4e"
 

@@ -12,10 +12,7 @@ import cc_models
 from cc_models.fuse import fold_batchnorm_
 from cc_models.layers import CondConv2d
 
-try:
-    from model_oracle import VARIANTS, max_abs_diff, timm_and_ours
-except ImportError:  # tests/ imported as a package
-    from tests.model_oracle import VARIANTS, max_abs_diff, timm_and_ours
+from model_oracle import VARIANTS, max_abs_diff, timm_and_ours
 
 TOL = 1e-4
 

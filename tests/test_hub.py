@@ -22,10 +22,7 @@ from cc_models.errors import (
     WeightsNotFoundError,
 )
 
-try:
-    from hub_server import FakeHub, Fault, fake_hub, go_offline, hub_env, set_endpoint, sha256  # noqa: F401
-except ImportError:  # tests/ imported as a package
-    from tests.hub_server import FakeHub, Fault, fake_hub, go_offline, hub_env, set_endpoint, sha256  # noqa: F401
+from hub_server import FakeHub, Fault, fake_hub, go_offline, hub_env, set_endpoint, sha256  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings("ignore::cc_models.errors.UnpinnedWeightsWarning")
 

@@ -14,10 +14,7 @@ import timm.data
 import cc_models
 from cc_models.transforms import eval_transform, train_transform
 
-try:
-    from model_oracle import FIXTURE_INDEX, VARIANTS
-except ImportError:  # tests/ imported as a package
-    from tests.model_oracle import FIXTURE_INDEX, VARIANTS
+from model_oracle import FIXTURE_INDEX, VARIANTS
 
 # (width, height): tiny, thin, very wide, very tall, exact crop sizes, odd and ordinary photos.
 IMAGE_SIZES = [(1, 1), (3, 2), (7, 5), (1000, 9), (12, 900), (224, 224), (240, 240), (256, 256), (255, 257),

@@ -27,10 +27,7 @@ from cc_models.errors import (
     WeightsNotFoundError,
 )
 
-try:
-    from hub_server import FakeHub, fake_hub, go_offline, hub_env, sha256  # noqa: F401  (fixtures)
-except ImportError:  # tests/ imported as a package
-    from tests.hub_server import FakeHub, fake_hub, go_offline, hub_env, sha256  # noqa: F401
+from hub_server import FakeHub, fake_hub, go_offline, hub_env, sha256  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.filterwarnings("ignore::cc_models.errors.UnpinnedWeightsWarning")
 
