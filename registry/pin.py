@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 from . import index as index_mod
+from .safe_files import atomic_write
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 _KEY = re.compile(r"^(?P<indent>\s*)(?:- )?(?P<key>[A-Za-z0-9 ]+):(?P<rest>.*)$")
@@ -101,14 +100,6 @@ def edit_hub_block(text: str, line: int, commit: str, sha256: str) -> str:
     return "".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.chmod(tmp, path.stat().st_mode & 0o777)
-    os.replace(tmp, path)
-
-
 def cmd_pin(args: argparse.Namespace) -> int:
     index = index_mod.load(args.index)
     entries = [index.get(i) for i in args.ids] if args.ids else [m for m in index.models if m.hub is not None]
@@ -133,18 +124,18 @@ def cmd_pin(args: argparse.Namespace) -> int:
         originals = {path: path.read_text(encoding="utf-8") for path in edits}
         try:
             for path, text in edits.items():
-                _write_atomic(path, text)
+                atomic_write(path, text)
         except OSError as exc:
             for path, text in originals.items():
                 if path.read_text(encoding="utf-8") != text:
-                    _write_atomic(path, text)
+                    atomic_write(path, text)
             print(f"cc-registry pin: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
         try:
             index_mod.load(args.index)  # the edited index must still be valid
         except Exception:
             for path, text in originals.items():
-                _write_atomic(path, text)
+                atomic_write(path, text)
             raise
     if args.format == "json":
         print(json.dumps({"pinned": not failed and not args.dry_run, "models": report}, indent=2))

@@ -57,6 +57,11 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _temp_copy(path: Path, data: bytes) -> Path:
+    """``data`` in a new temporary file beside ``path``, with ``path``'s permissions (0o644 for a new file)."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = 0o644
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(name)
     try:
@@ -64,7 +69,7 @@ def _temp_copy(path: Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

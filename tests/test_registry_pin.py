@@ -12,10 +12,7 @@ import pytest
 import registry
 from registry.cli import main
 
-try:
-    from hub_server import fake_hub, hub_env, sha256  # noqa: F401  (fixtures)
-except ImportError:  # tests/ imported as a package
-    from tests.hub_server import fake_hub, hub_env, sha256  # noqa: F401
+from hub_server import fake_hub, hub_env, sha256  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
@@ -101,7 +98,7 @@ def test_pin_that_cannot_write_restores_every_file(fake_hub, index_copy, monkeyp
 
     served_index(fake_hub, index_copy)
     texts = {p: p.read_text() for p in index_copy.rglob("*.yml")}
-    real, calls = pin._write_atomic, []
+    real, calls = pin.atomic_write, []
 
     def full_disk_on_the_second_file(path, text):
         calls.append(path)
@@ -109,7 +106,7 @@ def test_pin_that_cannot_write_restores_every_file(fake_hub, index_copy, monkeyp
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, text)
 
-    monkeypatch.setattr(pin, "_write_atomic", full_disk_on_the_second_file)
+    monkeypatch.setattr(pin, "atomic_write", full_disk_on_the_second_file)
     assert main(["pin", "--index", str(index_copy / "model-index.yml")]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert {p: p.read_text() for p in index_copy.rglob("*.yml")} == texts
