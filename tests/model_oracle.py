@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from bench.calibrate import randomize_  # noqa: F401  (shared with bench.compare)
 from constants import ANCHORS  # noqa: F401  (re-exported for the model tests)
-from constants import MODEL_IDS as VARIANTS
+from constants import MODEL_IDS as VARIANTS  # noqa: F401  (re-exported)
 
 FIXTURE_INDEX = Path(__file__).parent / "fixtures" / "efficientnet_cc_index"
 
