@@ -1,12 +1,15 @@
-"""Turn validated raw index dictionaries into typed entries.
+"""Turn validated, inherited raw index dictionaries into typed entries.
 
 Only conversion lives here: string forms the model-index format allows
 (``'0.875'``, ``'240'``, ``77.32%``) become numbers, and TF conventions
-become PyTorch ones. Validation happened before (schema.py, semantic.py).
+become PyTorch ones. Validation happened before (schema.py, semantic.py);
+defaults come from the schema's ``default`` annotations, and the builder
+reads no field the schema does not define, so the two cannot drift apart
+silently: a gap is a ``BuildError`` located at the field in its model.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .entries import (
     ArchitectureConfig,
@@ -23,6 +26,7 @@ from .entries import (
     StageSpec,
     TrainingRecipe,
 )
+from .schema import definition
 
 
 def to_number(value: Any) -> float:
@@ -44,9 +48,40 @@ def to_int(value: Any) -> int:
     return int(number)
 
 
-def _opt(mapping: Mapping[str, Any], key: str, convert=to_number):
-    value = mapping.get(key)
-    return None if value is None else convert(value)
+class BuildError(ValueError):
+    """A value the builder cannot use although validation let it through; ``path`` locates it in its model."""
+
+    def __init__(self, path: tuple, message: str):
+        self.path = path
+        super().__init__(message)
+
+
+class _Fields:
+    """One mapping of a model, read with the defaults of its schema definition (``$defs/<name>``)."""
+
+    def __init__(self, data: Any, name: str, path: tuple = ()):
+        self.data = data if isinstance(data, Mapping) else {}
+        self.name = name
+        self.path = path
+        self.properties = definition(name)["properties"]
+
+    def get(self, key: str, convert: Callable = lambda v: v) -> Any:
+        """The value as written, else the schema's default, else None; converted."""
+        if key not in self.properties:
+            raise BuildError(self.path, f"the builder reads {key!r}, which the schema's $defs/{self.name} does not define")
+        value = self.data.get(key, self.properties[key].get("default"))
+        if value is None:
+            return None
+        try:
+            return convert(value)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BuildError(self.path + (key,), f"cannot build {key!r} from {value!r}: {exc!r}") from None
+
+    def need(self, key: str, convert: Callable = lambda v: v) -> Any:
+        value = self.get(key, convert)
+        if value is None:
+            raise BuildError(self.path + (key,), f"{key!r} is missing and the schema's $defs/{self.name} gives no default")
+        return value
 
 
 def _freeze(value: Any) -> Any:
@@ -57,52 +92,51 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-def _stage(raw: Mapping[str, Any]) -> StageSpec:
+def _stage(fields: _Fields) -> StageSpec:
     return StageSpec(
-        block=raw["Block"],
-        repeats=to_int(raw["Repeats"]),
-        kernel_size=to_int(raw["Kernel"]),
-        stride=to_int(raw["Stride"]),
-        expansion=to_number(raw["Expansion"]),
-        out_channels=to_int(raw["Channels"]),
-        se_ratio=to_number(raw.get("SE Ratio", 0.0)),
-        experts=to_int(raw.get("Experts", 0)),
+        block=fields.need("Block"),
+        repeats=fields.need("Repeats", to_int),
+        kernel_size=fields.need("Kernel", to_int),
+        stride=fields.need("Stride", to_int),
+        expansion=fields.need("Expansion", to_number),
+        out_channels=fields.need("Channels", to_int),
+        se_ratio=fields.need("SE Ratio", to_number),
+        experts=fields.need("Experts", to_int),
     )
 
 
-def architecture_config(raw: Mapping[str, Any], metadata: Mapping[str, Any], num_classes: int) -> ArchitectureConfig:
-    tf_bn_decay = metadata.get("BatchNorm Momentum")
-    # TF's BatchNorm "momentum" is the decay of the running average: PyTorch's is 1 - decay.
-    bn_momentum = round(1.0 - to_number(tf_bn_decay), 10) if tf_bn_decay is not None else 0.1
+def architecture_config(arch: _Fields, metadata: _Fields, num_classes: int) -> ArchitectureConfig:
+    stages = arch.need("Stages")
     return ArchitectureConfig(
-        family=raw["Family"],
-        stages=tuple(_stage(s) for s in raw["Stages"]),
-        stem_size=to_int(raw["Stem Size"]),
-        num_features=to_int(raw["Num Features"]),
-        channel_multiplier=to_number(raw.get("Channel Multiplier", 1.0)),
-        depth_multiplier=to_number(raw.get("Depth Multiplier", 1.0)),
-        experts_multiplier=to_int(raw.get("Experts Multiplier", 1)),
-        activation=raw.get("Activation", "swish"),
-        padding=raw.get("Padding", "symmetric"),
-        bn_eps=to_number(raw.get("BatchNorm Eps", 1e-5)),
-        bn_momentum=bn_momentum,
-        drop_rate=to_number(raw.get("Drop Rate", 0.0)),
-        drop_path_rate=to_number(raw.get("Drop Path Rate", 0.0)),
+        family=arch.need("Family"),
+        stages=tuple(_stage(_Fields(s, "stage", arch.path + ("Stages", i))) for i, s in enumerate(stages)),
+        stem_size=arch.need("Stem Size", to_int),
+        num_features=arch.need("Num Features", to_int),
+        channel_multiplier=arch.need("Channel Multiplier", to_number),
+        depth_multiplier=arch.need("Depth Multiplier", to_number),
+        experts_multiplier=arch.need("Experts Multiplier", to_int),
+        activation=arch.need("Activation"),
+        padding=arch.need("Padding"),
+        bn_eps=arch.need("BatchNorm Eps", to_number),
+        # TF's BatchNorm "momentum" is the decay of the running average: PyTorch's is 1 - decay.
+        bn_momentum=round(1.0 - metadata.need("BatchNorm Momentum", to_number), 10),
+        drop_rate=arch.need("Drop Rate", to_number),
+        drop_path_rate=arch.need("Drop Path Rate", to_number),
         num_classes=num_classes,
-        depth_rounding=raw.get("Depth Rounding", "ceil"),
+        depth_rounding=arch.need("Depth Rounding"),
     )
 
 
-def data_config(raw: Mapping[str, Any], metadata: Mapping[str, Any]) -> DataConfig:
-    size = to_int(metadata["Image Size"])
+def data_config(data: _Fields, metadata: _Fields) -> DataConfig:
+    size = metadata.need("Image Size", to_int)
     return DataConfig(
         input_size=(3, size, size),
-        crop_pct=to_number(metadata["Crop Pct"]),
-        interpolation=metadata["Interpolation"],
-        mean=tuple(to_number(v) for v in raw["Mean"]),
-        std=tuple(to_number(v) for v in raw["Std"]),
-        num_classes=to_int(raw.get("Num Classes", 1000)),
-        crop_mode=raw.get("Crop Mode", "center"),
+        crop_pct=metadata.need("Crop Pct", to_number),
+        interpolation=metadata.need("Interpolation"),
+        mean=data.need("Mean", lambda v: tuple(to_number(x) for x in v)),
+        std=data.need("Std", lambda v: tuple(to_number(x) for x in v)),
+        num_classes=data.need("Num Classes", to_int),
+        crop_mode=data.need("Crop Mode"),
     )
 
 
@@ -121,15 +155,11 @@ def _errata(raw: Any) -> tuple[Erratum, ...]:
     )
 
 
-def _hub(raw: Mapping[str, Any] | None) -> HubLocation | None:
-    if not raw:
+def _hub(hub: _Fields) -> HubLocation | None:
+    if not hub.data:
         return None
-    return HubLocation(
-        repo_id=raw["Repo"],
-        filename=raw.get("Filename", "model.safetensors"),
-        revision=str(raw.get("Revision", "main")),
-        sha256=raw.get("SHA256"),
-    )
+    return HubLocation(repo_id=hub.need("Repo"), filename=hub.need("Filename"), revision=hub.need("Revision", str),
+                       sha256=hub.get("SHA256"))
 
 
 def _tuple(value: Any) -> tuple[str, ...]:
@@ -141,42 +171,45 @@ def _tuple(value: Any) -> tuple[str, ...]:
 
 
 def model_entry(raw: Mapping[str, Any], source: SourceLocation) -> ModelEntry:
-    metadata = raw.get("Metadata") or {}
-    data = data_config(raw["Data Config"], metadata)
+    """The typed entry of one resolved model; raises ``BuildError`` located in ``raw``."""
+    model = _Fields(raw, "model")
+    metadata = _Fields(model.get("Metadata"), "metadata", ("Metadata",))
+    data = data_config(_Fields(model.get("Data Config"), "dataConfig", ("Data Config",)), metadata)
     training = TrainingRecipe(
-        epochs=_opt(metadata, "Epochs", to_int),
-        batch_size=_opt(metadata, "Batch Size", to_int),
-        lr=_opt(metadata, "LR"),
-        momentum=_opt(metadata, "Momentum"),
-        weight_decay=_opt(metadata, "Weight Decay"),
-        rmsprop_decay=_opt(metadata, "RMSProp Decay"),
-        label_smoothing=_opt(metadata, "Label Smoothing"),
-        batchnorm_momentum=_opt(metadata, "BatchNorm Momentum"),
-        training_data=_tuple(metadata.get("Training Data")),
-        training_techniques=_tuple(metadata.get("Training Techniques")),
+        epochs=metadata.get("Epochs", to_int),
+        batch_size=metadata.get("Batch Size", to_int),
+        lr=metadata.get("LR", to_number),
+        momentum=metadata.get("Momentum", to_number),
+        weight_decay=metadata.get("Weight Decay", to_number),
+        rmsprop_decay=metadata.get("RMSProp Decay", to_number),
+        label_smoothing=metadata.get("Label Smoothing", to_number),
+        batchnorm_momentum=metadata.get("BatchNorm Momentum", to_number),
+        training_data=metadata.get("Training Data", _tuple) or (),
+        training_techniques=metadata.get("Training Techniques", _tuple) or (),
     )
-    weights = raw.get("Weights")
+    weights = model.get("Weights")
+    arch = _Fields(model.get("Architecture Config"), "architectureConfig", ("Architecture Config",))
     return ModelEntry(
-        id=raw.get("ID", raw["Name"]),
-        name=raw["Name"],
-        collection=raw["In Collection"],
-        flops=to_int(metadata["FLOPs"]),
-        parameters=to_int(metadata["Parameters"]),
-        file_size=_opt(metadata, "File Size", to_int),
+        id=model.get("ID") or model.need("Name"),
+        name=model.need("Name"),
+        collection=model.need("In Collection"),
+        flops=metadata.need("FLOPs", to_int),
+        parameters=metadata.need("Parameters", to_int),
+        file_size=metadata.get("File Size", to_int),
         image_size=data.input_size[-1],
         crop_pct=data.crop_pct,
         interpolation=data.interpolation,
-        architecture_tags=_tuple(metadata.get("Architecture")),
-        tasks=_tuple(metadata.get("Tasks")),
+        architecture_tags=metadata.get("Architecture", _tuple) or (),
+        tasks=metadata.get("Tasks", _tuple) or (),
         training=training,
-        code=raw.get("Code"),
+        code=model.get("Code"),
         weights=weights,
-        results=_results(raw.get("Results")),
-        errata=_errata(raw.get("Errata")),
-        hub=_hub(raw.get("Hub")),
+        results=model.get("Results", _results) or (),
+        errata=model.get("Errata", _errata) or (),
+        hub=_hub(_Fields(model.get("Hub"), "hub", ("Hub",))),
         release=ReleaseFile.from_url(weights) if weights else None,
         data=data,
-        arch=architecture_config(raw["Architecture Config"], metadata, data.num_classes),
+        arch=architecture_config(arch, metadata, data.num_classes),
         source=source,
         raw=_freeze(dict(raw)),
     )

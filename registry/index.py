@@ -7,10 +7,11 @@ from typing import Iterator
 
 import model_index
 
-from .build import collection_entry, model_entry
+from .build import BuildError, collection_entry, model_entry
 from .entries import CollectionEntry, ModelEntry, SourceLocation
 from .errors import IndexValidationError, Problem, UnknownModelError
-from .schema import validate_documents
+from .inherit import ResolvedItem, inherit
+from .schema import resolved_problems, validate_documents
 from .semantic import check_index
 from .sources import IndexSources, RawItem, collect, display_path
 
@@ -88,26 +89,48 @@ def _restrict(sources: IndexSources, problems: list[Problem], path: Path) -> tup
     return restricted, [p for p in problems if mine(p.file)]
 
 
+def _entries(sources: IndexSources) -> tuple[ModelIndex | None, list[Problem]]:
+    """The typed index; a value the builder cannot use is a problem located at its field."""
+    models, problems = [], []
+    for item in sources.models:
+        try:
+            models.append(model_entry(item.data, _location(item)))
+        except BuildError as exc:  # a gap between schema and builder
+            problems.append(item.problem(exc.path, f"cannot build the entry: {exc}"))
+    collections = tuple(collection_entry(item.data, _location(item), item.readme) for item in sources.collections)
+    if problems:
+        return None, problems
+    return ModelIndex(root=Path(sources.root).resolve(), models=tuple(models), collections=collections), []
+
+
+def _check(path: str | Path | None) -> tuple[IndexSources, list[Problem], ModelIndex | None]:
+    target = Path(path) if path is not None else model_index.root()
+    context = enclosing_root(target) if target.exists() else None
+    sources = collect(context or target)
+    problems = list(sources.problems)
+    problems += validate_documents(sources.documents)
+    sources.models = inherit(sources.models, sources.collections)
+    # A model whose collection is unknown is reported as such, not for the fields it would inherit.
+    problems += resolved_problems(m for m in sources.models if isinstance(m, ResolvedItem))
+    problems += check_index(sources.models, sources.collections)
+    if not problems and not sources.models and not sources.collections:
+        problems.append(Problem(display_path(sources.root), 1, 1, "$", "index defines no models and no collections"))
+    if context:  # a file that a root index imports: checked in the root's context, only its own problems
+        sources, problems = _restrict(sources, problems, target)
+    index = None
+    if not problems:
+        index, problems = _entries(sources)
+    return sources, sorted(set(problems), key=lambda p: (p.file, p.line, p.column, p.message)), index
+
+
 def check(path: str | Path | None = None) -> tuple[IndexSources, list[Problem]]:
     """Read the index at ``path`` (default: the packaged one); return its sources and every problem.
 
     A file that a root index imports is checked in the context of that root (so
     that its ``In Collection`` references resolve), reporting only its own problems.
     """
-    target = Path(path) if path is not None else model_index.root()
-    context = enclosing_root(target) if target.exists() else None
-    sources, problems = _check(context or target)
-    return _restrict(sources, problems, target) if context else (sources, problems)
-
-
-def _check(path: Path) -> tuple[IndexSources, list[Problem]]:
-    sources = collect(path)
-    problems = list(sources.problems)
-    problems += validate_documents(sources.documents)
-    problems += check_index(sources.models, sources.collections)
-    if not problems and not sources.models and not sources.collections:
-        problems.append(Problem(display_path(sources.root), 1, 1, "$", "index defines no models and no collections"))
-    return sources, sorted(set(problems), key=lambda p: (p.file, p.line, p.column, p.message))
+    sources, problems, _ = _check(path)
+    return sources, problems
 
 
 def load(path: str | Path | None = None) -> ModelIndex:
@@ -115,17 +138,10 @@ def load(path: str | Path | None = None) -> ModelIndex:
 
     Raises ``IndexValidationError`` carrying every located problem.
     """
-    sources, problems = check(path)
+    _, problems, index = _check(path)
     if problems:
         raise IndexValidationError(problems)
-    try:
-        models = tuple(model_entry(item.data, _location(item)) for item in sources.models)
-        collections = tuple(collection_entry(item.data, _location(item), item.readme) for item in sources.collections)
-    except (KeyError, TypeError, ValueError) as exc:  # a gap between schema and builder: still located
-        item = next(iter(sources.models), None)
-        where = _location(item) if item else SourceLocation(display_path(sources.root))
-        raise IndexValidationError([Problem(where.file, where.line, where.column, "$", f"cannot build entry: {exc!r}")]) from None
-    return ModelIndex(root=Path(sources.root).resolve(), models=models, collections=collections)
+    return index
 
 
 _DEFAULT: ModelIndex | None = None

@@ -1,4 +1,9 @@
-"""JSON Schema (draft 2020-12) validation of index documents, with located messages."""
+"""JSON Schema (draft 2020-12) validation of index documents, with located messages.
+
+The schema is the one definition of an index entry: its fields, allowed values and
+defaults (the ``default`` annotations, which ``build.py`` reads). What a model must
+have once it has inherited its collection's fields is ``$defs/resolvedModel``.
+"""
 from __future__ import annotations
 
 import json
@@ -23,6 +28,11 @@ def load_schema(path: str | None = None) -> dict:
     return json.loads(Path(path or model_index.SCHEMA_FILE).read_text(encoding="utf-8"))
 
 
+def definition(name: str) -> dict:
+    """``$defs/<name>`` of the packaged schema."""
+    return load_schema()["$defs"][name]
+
+
 @lru_cache(maxsize=4)
 def _validators(path: str | None = None) -> tuple[Draft202012Validator, Draft202012Validator]:
     schema = load_schema(path)
@@ -33,6 +43,12 @@ def _validators(path: str | None = None) -> tuple[Draft202012Validator, Draft202
     file_validator = Draft202012Validator({**base, "$ref": "#/$defs/indexFile"})
     list_validator = Draft202012Validator({**base, "type": "array", "items": {"$ref": "#/$defs/model"}})
     return file_validator, list_validator
+
+
+@lru_cache(maxsize=4)
+def _resolved_validator(path: str | None = None) -> Draft202012Validator:
+    schema = load_schema(path)
+    return Draft202012Validator({"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/resolvedModel"})
 
 
 def _type_name(value) -> str:
@@ -106,7 +122,32 @@ def schema_problems(doc: Document, schema_path: str | None = None) -> list[Probl
     out: list[Problem] = []
     for top in validator.iter_errors(doc.data):
         for error, described in _leaf_errors(top):
-            out.append(doc.problem(tuple(error.absolute_path), _message(error, described)))
+            out.append(doc.problem(_where(error), _message(error, described)))
+    return out
+
+
+def _where(error: ValidationError) -> tuple:
+    """The path of the value at fault; an unknown field is located at its own key, not at its parent."""
+    path = tuple(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {})
+        extra = [k for k in error.instance if k not in known]
+        return path + tuple(extra[:1])
+    return path
+
+
+def resolved_problems(items: Iterable, schema_path: str | None = None) -> list[Problem]:
+    """What each model still lacks after inheritance, located where the incomplete mapping is written.
+
+    ``items`` are resolved models (``inherit.py``); types were checked on the documents already.
+    """
+    validator = _resolved_validator(schema_path)
+    out: list[Problem] = []
+    for item in items:
+        if isinstance(item.data, dict):
+            for error in validator.iter_errors(item.data):
+                out.append(item.problem(_where(error),
+                                        f"{_message(error)} (neither the model nor its collection gives it)"))
     return out
 
 

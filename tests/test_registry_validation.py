@@ -16,6 +16,7 @@ from registry.cli import main
 
 SEED = Path(__file__).resolve().parent / "fixtures" / "reference" / "tf-efficientnet-condconv.scraped.md"
 B0 = "models/tf_efficientnet_cc_b0_4e.yml"
+PAGE = "collections/tf-efficientnet-condconv.md"
 
 
 @pytest.fixture
@@ -67,38 +68,38 @@ def test_seed_page_as_scraped(capsys):
 
 def test_duplicate_key(capsys, index_copy):
     f = index_copy / B0
-    edit(f, "      Epochs: 350\n", "      Epochs: 350\n      Epochs: 300\n")
+    edit(f, "      FLOPs: 410171168\n", "      FLOPs: 410171168\n      FLOPs: 1\n")
     code, text = validate(capsys, index_copy)
     assert code == 1
-    assert_located(text, f, line_of(f, "Epochs: 300"), "duplicate key 'Epochs'", f"line {line_of(f, 'Epochs: 350')}")
+    assert_located(text, f, line_of(f, "FLOPs: 1"), "duplicate key 'FLOPs'", f"line {line_of(f, 'FLOPs: 410171168')}")
 
 
 def test_yaml_syntax_error(capsys, index_copy):
     f = index_copy / B0
-    edit(f, "      LR: 0.256", "      LR: [0.256")
+    edit(f, "      FLOPs: 410171168", "      FLOPs: [410171168")
     code, text = validate(capsys, index_copy)
     assert code == 1
-    assert_located(text, f, line_of(f, "LR: [0.256") + 1, "YAML syntax error")
+    assert_located(text, f, line_of(f, "FLOPs: [410171168") + 1, "YAML syntax error")
 
 
 def test_tab_indentation(capsys, index_copy):
     f = index_copy / B0
-    edit(f, "      Epochs: 350", "\tEpochs: 350")
+    edit(f, "      Parameters: 13310000", "\tParameters: 13310000")
     code, text = validate(capsys, index_copy)
     assert code == 1
-    assert_located(text, f, line_of(f, "\tEpochs"), "tab character")
+    assert_located(text, f, line_of(f, "\tParameters"), "tab character")
 
 
 def test_wrong_types(capsys, index_copy):
-    f = index_copy / B0
+    f, page = index_copy / B0, index_copy / PAGE
     edit(f, "FLOPs: 410171168", "FLOPs: lots")
-    edit(f, "Repeats: 2, Kernel: 3", "Repeats: two, Kernel: 3")
-    edit(f, "Training Data:\n        - ImageNet", "Training Data: {a: 1}")
+    edit(page, "Repeats: 2, Kernel: 3", "Repeats: two, Kernel: 3")  # inherited values: located where written
+    edit(page, "Training Data:\n        - ImageNet", "Training Data: {a: 1}")
     code, text = validate(capsys, index_copy)
     assert code == 1
     assert_located(text, f, line_of(f, "FLOPs: lots"), "'lots' has the wrong form", "whole number")
-    assert_located(text, f, line_of(f, "Repeats: two"), "expected an integer, got a string 'two'")
-    assert_located(text, f, line_of(f, "Training Data"), "Training Data")
+    assert_located(text, page, line_of(page, "Repeats: two"), "expected an integer, got a string 'two'")
+    assert_located(text, page, line_of(page, "Training Data"), "Training Data")
 
 
 def test_out_of_range_values(capsys, index_copy):
@@ -169,10 +170,10 @@ def test_alias_bomb(capsys, tmp_path):
 
 def test_non_utf8_bytes(capsys, index_copy):
     f = index_copy / B0
-    f.write_bytes(f.read_bytes().replace(b"Epochs: 350", b"Epochs: 3\xff50"))
+    f.write_bytes(f.read_bytes().replace(b"FLOPs: 410171168", b"FLOPs: 4101\xff71168"))
     code, text = validate(capsys, index_copy)
     assert code == 1
-    assert_located(text, f, line_of(f, "Epochs: 3"), "not valid UTF-8", "0xff")
+    assert_located(text, f, line_of(f, "FLOPs: 4101"), "not valid UTF-8", "0xff")
 
 
 @pytest.mark.parametrize("content", ["", "\n\n# only a comment\n"])
@@ -226,10 +227,10 @@ def test_release_file_without_hash_prefix(capsys, index_copy):
 
 def test_unknown_field_is_a_typo(capsys, index_copy):
     f = index_copy / B0
-    edit(f, "      Epochs: 350", "      Epoch: 350")
+    edit(f, "      File Size: 53490940", "      File Sise: 53490940")
     code, text = validate(capsys, index_copy)
     assert code == 1
-    assert "unknown field 'Epoch'" in text
+    assert_located(text, f, line_of(f, "File Sise"), "unknown field 'File Sise'")
 
 
 def test_oversized_file(capsys, index_copy):
