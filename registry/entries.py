@@ -3,7 +3,8 @@
 Every package downstream of the registry takes these objects; none of them
 re-parses YAML. Values arrive here already schema- and semantically-checked,
 so the constructors below only convert (string forms to numbers, TF to
-PyTorch conventions) and never validate.
+PyTorch conventions) and never validate. Defaults for what the index leaves
+out are the schema's (``build.py`` applies them), not these classes'.
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ class StageSpec:
     expansion: float
     out_channels: int
     se_ratio: float
-    experts: int = 0
+    experts: int
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class ArchitectureConfig:
     drop_rate: float
     drop_path_rate: float
     num_classes: int
-    depth_rounding: str = "ceil"
+    depth_rounding: str  # "ceil" (EfficientNet) or "round"
 
     @property
     def max_experts(self) -> int:
@@ -113,7 +114,7 @@ class DataConfig:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     num_classes: int
-    crop_mode: str = "center"
+    crop_mode: str
 
     def as_timm_dict(self) -> dict[str, Any]:
         return {

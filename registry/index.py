@@ -77,16 +77,18 @@ def enclosing_root(path: Path) -> Path | None:
 
 
 def _restrict(sources: IndexSources, problems: list[Problem], path: Path) -> tuple[IndexSources, list[Problem]]:
-    """Only what concerns one file of a larger index."""
+    """Only what concerns one file of a larger index: its own problems and those of the pages its models inherit from."""
     path = path.resolve()
     mine = lambda file: Path(file).resolve() == path
+    models = [m for m in sources.models if mine(m.doc.file)]
+    inherited = {Path(m.collection.doc.file).resolve() for m in models if isinstance(m, ResolvedItem)}
     restricted = IndexSources(
         root=path,
         documents=[d for d in sources.documents if mine(d.file)],
-        models=[m for m in sources.models if mine(m.doc.file)],
+        models=models,
         collections=[c for c in sources.collections if mine(c.doc.file)],
     )
-    return restricted, [p for p in problems if mine(p.file)]
+    return restricted, [p for p in problems if mine(p.file) or Path(p.file).resolve() in inherited]
 
 
 def _entries(sources: IndexSources) -> tuple[ModelIndex | None, list[Problem]]:

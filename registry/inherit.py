@@ -27,6 +27,7 @@ INHERITED = {"Metadata": "metadata", "Data Config": "dataConfig", "Architecture 
 class ResolvedItem(RawItem):
     """A model with its collection's fields merged in; ``origins`` maps a path to the item that wrote it."""
 
+    collection: RawItem | None = None
     origins: dict[PathKey, tuple[RawItem, PathKey]] = field(default_factory=dict)
 
     def problem(self, sub: PathKey, message: str) -> Problem:
@@ -63,7 +64,7 @@ def _merge(model: RawItem, collection: RawItem) -> ResolvedItem:
         if key not in model.data:
             origins[(key,)] = (collection, (key,))
         data[key] = _in_schema_order(merged, name)
-    return ResolvedItem(_in_schema_order(data, "model"), model.doc, model.path, model.readme, origins)
+    return ResolvedItem(_in_schema_order(data, "model"), model.doc, model.path, model.readme, collection, origins)
 
 
 def inherit(models: Iterable[RawItem], collections: Iterable[RawItem]) -> list[RawItem]:

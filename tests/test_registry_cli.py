@@ -47,6 +47,9 @@ def test_show_resolves_everything(capsys):
     data = json.loads(out)
     assert code == 0
     assert data["arch"]["experts_multiplier"] == 2 and len(data["arch"]["stages"]) == 7
+    # Inherited from the collection page: the base architecture, the recipe, the data config.
+    assert (data["arch"]["activation"], data["arch"]["padding"], data["arch"]["stem_size"]) == ("swish", "same", 32)
+    assert data["training"]["epochs"] == 350 and data["data"]["mean"] == [0.5, 0.5, 0.5]
     assert data["data"]["input_size"] == [3, 224, 224]
     assert data["hub"]["repo_id"] == "timm/tf_efficientnet_cc_b0_8e.in1k"
     assert data["errata"][0]["field"] == "Metadata.FLOPs"

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 import model_index
 import registry
+from registry.docs.block import plain_data
 
 ANCHORS = Path(__file__).resolve().parent / "fixtures" / "reference" / "anchors.md"
 VARIANTS = ("tf_efficientnet_cc_b0_4e", "tf_efficientnet_cc_b0_8e", "tf_efficientnet_cc_b1_8e")
@@ -120,7 +122,30 @@ def test_modelindex_library_loads_our_root():
         assert model.in_collection == entry.collection
         assert model.weights == entry.weights
         assert model.full_model.paper["URL"] == ours.collection(entry.collection).paper.url
+        # Collection-level inheritance: our resolved Metadata and Data Config are model-index's full model's.
+        assert dict(model.full_model.metadata.data) == plain_data(entry.raw["Metadata"])
+        assert model.full_model.data["Data Config"] == plain_data(entry.raw["Data Config"])
     assert [c.name for c in mi.collections] == ["TF EfficientNet CondConv"]
+
+
+def test_a_variant_is_its_collections_base_architecture_with_its_own_values(tmp_path):
+    """A list a model adds to its collection's Metadata is appended, as model-index does; own values win."""
+    modelindex = pytest.importorskip("modelindex")
+    root = tmp_path / "index"
+    shutil.copytree(model_index.INDEX_DIR, root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    b1 = root / "models" / "tf_efficientnet_cc_b1_8e.yml"
+    text = b1.read_text()
+    text = text.replace("      Image Size: '240'\n", "      Image Size: '240'\n      Training Data: [JFT-300M]\n      LR: 0.1\n")
+    b1.write_text(text.replace("      Depth Multiplier: 1.1\n", "      Depth Multiplier: 1.1\n      Activation: relu\n"))
+    ours = registry.load(root)
+    full = {m.name: m.full_model for m in modelindex.load(str(root / "model-index.yml")).models}
+    entry = ours.get("tf_efficientnet_cc_b1_8e")
+    assert entry.training.training_data == tuple(full[entry.id].metadata.data["Training Data"]) == ("ImageNet", "JFT-300M")
+    assert entry.training.lr == full[entry.id].metadata.data["LR"] == 0.1
+    assert (entry.arch.activation, entry.arch.depth_multiplier, len(entry.arch.stages)) == ("relu", 1.1, 7)
+    others = [ours.get(i) for i in VARIANTS[:2]]
+    assert {m.arch.activation for m in others} == {"swish"} and {m.training.training_data for m in others} == {("ImageNet",)}
+    assert all(m.arch.stages == entry.arch.stages for m in others)
 
 
 def test_entries_pickle_and_deepcopy(index):

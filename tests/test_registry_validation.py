@@ -114,6 +114,25 @@ def test_out_of_range_values(capsys, index_copy):
     assert_located(text, f, line_of(f, "Image Size"), "Image Size '-224' is out of range")
 
 
+def test_problems_in_inherited_values_are_located_where_the_value_is_written(capsys, index_copy):
+    page, b1 = index_copy / PAGE, index_copy / "models" / "tf_efficientnet_cc_b1_8e.yml"
+    edit(page, "Kernel: 5, Stride: 1", "Kernel: 4, Stride: 1")
+    edit(page, "      Momentum: 0.9\n", "      Momentum: 1.5\n")
+    edit(page, "      Stem Size: 32\n", "")
+    edit(b1, "      Depth Multiplier: 1.1\n", "      Depth Multiplier: 1.1\n      Stem Size: 32\n")
+    code, text = validate(capsys, index_copy)
+    assert code == 1
+    # Once for the three models that inherit it, at the collection page's line.
+    assert_located(text, page, line_of(page, "Kernel: 4"), "kernel size 4 must be odd")
+    assert_located(text, page, line_of(page, "Momentum: 1.5"), "Momentum 1.5 is out of range [0, 1]")
+    assert text.count("must be odd") == 1 and text.count("Momentum 1.5") == 1
+    # A field missing from the merged mapping: at each model that lacks it, not at the one that gives it.
+    for model in (index_copy / B0, index_copy / "models" / "tf_efficientnet_cc_b0_8e.yml"):
+        assert_located(text, model, line_of(model, "Architecture Config:"), "'Stem Size' is required here but missing",
+                       "neither the model nor its collection")
+    assert b1.name not in text
+
+
 def test_unknown_collection(capsys, index_copy):
     f = index_copy / B0
     edit(f, "In Collection: TF EfficientNet CondConv", "In Collection: TF EfficientNet CondKonv")
@@ -263,6 +282,10 @@ def test_imported_file_validates_in_its_roots_context(capsys, index_copy):
     edit(f, "Code: https://", "Code: http://")
     code, text = validate(capsys, index_copy / B0)
     assert code == 1 and "must use https" in text
+    page = index_copy / PAGE  # a problem in what the model inherits is one of its own
+    edit(page, "Kernel: 5, Stride: 1", "Kernel: 4, Stride: 1")
+    code, text = validate(capsys, index_copy / B0)
+    assert_located(text, page, line_of(page, "Kernel: 4"), "must be odd")
 
 
 def test_usage_error_exits_2():
