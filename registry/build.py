@@ -60,7 +60,7 @@ class _Fields:
     """One mapping of a model, read with the defaults of its schema definition (``$defs/<name>``)."""
 
     def __init__(self, data: Any, name: str, path: tuple = ()):
-        self.data = data if isinstance(data, Mapping) else {}
+        self.data = data if isinstance(data, dict) else {}
         self.name = name
         self.path = path
         self.properties = definition(name)["properties"]
@@ -85,10 +85,10 @@ class _Fields:
 
 
 def _freeze(value: Any) -> Any:
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):  # plain types first: an ABC isinstance costs ten times more, per value
         return FrozenDict({k: _freeze(v) for k, v in value.items()})
     if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
+        return tuple([_freeze(v) for v in value])
     return value
 
 
@@ -163,11 +163,7 @@ def _hub(hub: _Fields) -> HubLocation | None:
 
 
 def _tuple(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        return (value,)
-    return tuple(value)
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def model_entry(raw: Mapping[str, Any], source: SourceLocation) -> ModelEntry:
@@ -217,12 +213,7 @@ def model_entry(raw: Mapping[str, Any], source: SourceLocation) -> ModelEntry:
 
 def collection_entry(raw: Mapping[str, Any], source: SourceLocation, readme: str | None = None) -> CollectionEntry:
     paper = raw.get("Paper")
-    if isinstance(paper, Mapping):
-        paper_obj = Paper(title=paper.get("Title") or paper.get("title", ""), url=paper.get("URL") or paper.get("url", ""))
-    elif isinstance(paper, str):
-        paper_obj = Paper(title=paper, url=paper)
-    else:
-        paper_obj = None
-    return CollectionEntry(
-        name=raw["Name"], paper=paper_obj, citation=raw.get("Citation"), source=source, readme=readme
-    )
+    if isinstance(paper, str):  # the schema's other form: a bare URL
+        paper = {"Title": paper, "URL": paper}
+    return CollectionEntry(name=raw["Name"], paper=Paper(title=paper["Title"], url=paper["URL"]) if paper else None,
+                           citation=raw.get("Citation"), source=source, readme=readme)

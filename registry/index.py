@@ -91,7 +91,7 @@ def _restrict(sources: IndexSources, problems: list[Problem], path: Path) -> tup
     return restricted, [p for p in problems if mine(p.file) or Path(p.file).resolve() in inherited]
 
 
-def _entries(sources: IndexSources) -> tuple[ModelIndex | None, list[Problem]]:
+def _entries(sources: IndexSources) -> tuple[ModelIndex, list[Problem]]:
     """The typed index; a value the builder cannot use is a problem located at its field."""
     models, problems = [], []
     for item in sources.models:
@@ -100,12 +100,10 @@ def _entries(sources: IndexSources) -> tuple[ModelIndex | None, list[Problem]]:
         except BuildError as exc:  # a gap between schema and builder
             problems.append(item.problem(exc.path, f"cannot build the entry: {exc}"))
     collections = tuple(collection_entry(item.data, _location(item), item.readme) for item in sources.collections)
-    if problems:
-        return None, problems
-    return ModelIndex(root=Path(sources.root).resolve(), models=tuple(models), collections=collections), []
+    return ModelIndex(root=Path(sources.root).resolve(), models=tuple(models), collections=collections), problems
 
 
-def _check(path: str | Path | None) -> tuple[IndexSources, list[Problem], ModelIndex | None]:
+def _check(path: str | Path | None, build: bool) -> tuple[IndexSources, list[Problem], ModelIndex | None]:
     target = Path(path) if path is not None else model_index.root()
     context = enclosing_root(target) if target.exists() else None
     sources = collect(context or target)
@@ -117,10 +115,10 @@ def _check(path: str | Path | None) -> tuple[IndexSources, list[Problem], ModelI
     problems += check_index(sources.models, sources.collections)
     if not problems and not sources.models and not sources.collections:
         problems.append(Problem(display_path(sources.root), 1, 1, "$", "index defines no models and no collections"))
-    if context:  # a file that a root index imports: checked in the root's context, only its own problems
+    if context:  # a file that a root index imports: checked in the root's context
         sources, problems = _restrict(sources, problems, target)
     index = None
-    if not problems:
+    if build and not problems:  # validation passed: building can only fail where schema and builder disagree
         index, problems = _entries(sources)
     return sources, sorted(set(problems), key=lambda p: (p.file, p.line, p.column, p.message)), index
 
@@ -129,9 +127,10 @@ def check(path: str | Path | None = None) -> tuple[IndexSources, list[Problem]]:
     """Read the index at ``path`` (default: the packaged one); return its sources and every problem.
 
     A file that a root index imports is checked in the context of that root (so
-    that its ``In Collection`` references resolve), reporting only its own problems.
+    that its ``In Collection`` references resolve), reporting only its own problems
+    and those of the collection pages its models inherit from.
     """
-    sources, problems, _ = _check(path)
+    sources, problems, _ = _check(path, build=False)  # validate stays cheap at scale: building is load's job
     return sources, problems
 
 
@@ -140,7 +139,7 @@ def load(path: str | Path | None = None) -> ModelIndex:
 
     Raises ``IndexValidationError`` carrying every located problem.
     """
-    _, problems, index = _check(path)
+    _, problems, index = _check(path, build=True)
     if problems:
         raise IndexValidationError(problems)
     return index
