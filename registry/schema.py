@@ -96,7 +96,8 @@ def _message(error: ValidationError, described: str | None = None) -> str:
         return error.message.replace("is a required property", "is required here but missing")
     if v == "type":
         wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        return f"expected {' or '.join(_JSON_TYPES.get(t, t) for t in wanted)}, got {_type_name(value)} {shown}"
+        got = _type_name(value) + ("" if isinstance(value, (dict, list, type(None))) else f" {shown}")
+        return f"expected {' or '.join(_JSON_TYPES.get(t, t) for t in wanted)}, got {got}"
     if v == "enum":
         return f"{shown} is not one of {', '.join(repr(x) for x in error.validator_value)}"
     if v in ("oneOf", "anyOf"):

@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterable
 from .build import to_int, to_number
 from .entries import RELEASE_NAME_RE
 from .errors import Problem
+from .schema import definition
 from .sources import RawItem
 
 FLOAT32_BYTES = 4
@@ -117,8 +118,10 @@ def check_model(item: RawItem) -> list[Problem]:
             problems.append(item.problem(("Architecture Config", "Stages", i, "Kernel"), f"kernel size {kernel} must be odd"))
     match = EXPERTS_IN_NAME.search(str(name or ""))
     if match and stages:
-        multiplier = arch.get("Experts Multiplier", 1)
-        base = max((_get(s, "Experts") or 0) for s in stages if isinstance(s, dict)) if stages else 0
+        multiplier = arch.get("Experts Multiplier", definition("architectureConfig")["properties"]["Experts Multiplier"]["default"])
+        no_experts = definition("stage")["properties"]["Experts"]["default"]
+        experts = [s.get("Experts", no_experts) for s in stages if isinstance(s, dict)]
+        base = max((e for e in experts if isinstance(e, int)), default=no_experts)  # the schema reports other types
         if isinstance(multiplier, int) and isinstance(base, int) and base * multiplier != int(match[1]):
             problems.append(item.problem(
                 ("Architecture Config", "Experts Multiplier"),
