@@ -91,22 +91,21 @@ def _restrict(sources: IndexSources, problems: list[Problem], path: Path) -> tup
     return restricted, [p for p in problems if mine(p.file) or Path(p.file).resolve() in inherited]
 
 
-def _entries(sources: IndexSources) -> tuple[ModelIndex, list[Problem]]:
-    """The typed index; a value the builder cannot use is a problem located at its field."""
-    models, problems = [], []
-    for item in sources.models:
-        try:
-            models.append(model_entry(item.data, _location(item)))
-        except BuildError as exc:  # a gap between schema and builder
-            problems.append(item.problem(exc.path, f"cannot build the entry: {exc}"))
-    collections = tuple(collection_entry(item.data, _location(item), item.readme) for item in sources.collections)
-    return ModelIndex(root=Path(sources.root).resolve(), models=tuple(models), collections=collections), problems
+def check(path: str | Path | None = None) -> tuple[IndexSources, list[Problem]]:
+    """Read the index at ``path`` (default: the packaged one); return its sources and every problem.
 
-
-def _check(path: str | Path | None, build: bool) -> tuple[IndexSources, list[Problem], ModelIndex | None]:
+    A file that a root index imports is checked in the context of that root (so
+    that its ``In Collection`` references resolve), reporting only its own problems
+    and those of the collection pages its models inherit from.
+    """
     target = Path(path) if path is not None else model_index.root()
     context = enclosing_root(target) if target.exists() else None
-    sources = collect(context or target)
+    sources, problems = _check(context or target)
+    return _restrict(sources, problems, target) if context else (sources, problems)
+
+
+def _check(path: Path) -> tuple[IndexSources, list[Problem]]:
+    sources = collect(path)
     problems = list(sources.problems)
     problems += validate_documents(sources.documents)
     sources.models = inherit(sources.models, sources.collections)
@@ -115,23 +114,7 @@ def _check(path: str | Path | None, build: bool) -> tuple[IndexSources, list[Pro
     problems += check_index(sources.models, sources.collections)
     if not problems and not sources.models and not sources.collections:
         problems.append(Problem(display_path(sources.root), 1, 1, "$", "index defines no models and no collections"))
-    if context:  # a file that a root index imports: checked in the root's context
-        sources, problems = _restrict(sources, problems, target)
-    index = None
-    if build and not problems:  # validation passed: building can only fail where schema and builder disagree
-        index, problems = _entries(sources)
-    return sources, sorted(set(problems), key=lambda p: (p.file, p.line, p.column, p.message)), index
-
-
-def check(path: str | Path | None = None) -> tuple[IndexSources, list[Problem]]:
-    """Read the index at ``path`` (default: the packaged one); return its sources and every problem.
-
-    A file that a root index imports is checked in the context of that root (so
-    that its ``In Collection`` references resolve), reporting only its own problems
-    and those of the collection pages its models inherit from.
-    """
-    sources, problems, _ = _check(path, build=False)  # validate stays cheap at scale: building is load's job
-    return sources, problems
+    return sources, sorted(set(problems), key=lambda p: (p.file, p.line, p.column, p.message))
 
 
 def load(path: str | Path | None = None) -> ModelIndex:
@@ -139,10 +122,19 @@ def load(path: str | Path | None = None) -> ModelIndex:
 
     Raises ``IndexValidationError`` carrying every located problem.
     """
-    _, problems, index = _check(path, build=True)
+    sources, problems = check(path)
     if problems:
         raise IndexValidationError(problems)
-    return index
+    models = []
+    for item in sources.models:
+        try:
+            models.append(model_entry(item.data, _location(item)))
+        except BuildError as exc:  # a gap between schema and builder, located at its field
+            problems.append(item.problem(exc.path, f"cannot build the entry: {exc}"))
+    if problems:
+        raise IndexValidationError(problems)
+    collections = tuple(collection_entry(item.data, _location(item), item.readme) for item in sources.collections)
+    return ModelIndex(root=Path(sources.root).resolve(), models=tuple(models), collections=collections)
 
 
 _DEFAULT: ModelIndex | None = None
