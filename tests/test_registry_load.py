@@ -157,3 +157,30 @@ def test_entries_pickle_and_deepcopy(index):
     for clone in (pickle.loads(pickle.dumps(entry)), copy.deepcopy(entry)):
         assert clone == entry and dict(clone.raw) == dict(entry.raw)
         assert clone.result().metrics == entry.result().metrics
+
+
+NEW_VARIANT = """\
+Models:
+  - Name: my_cc_b0_8e
+    In Collection: TF EfficientNet CondConv
+    Metadata:
+      FLOPs: 420870304
+      Parameters: 24010000
+      Image Size: '224'
+      Crop Pct: '0.875'
+    Architecture Config:
+      Depth Multiplier: 1.0
+      Experts Multiplier: 2
+"""
+
+
+def test_a_new_variant_is_a_short_file(tmp_path):
+    """Twelve lines under the collection define a whole model: timm's tf_efficientnet_cc_b0_8e, parameter for parameter."""
+    cc_models = pytest.importorskip("cc_models")
+    root = tmp_path / "index"
+    shutil.copytree(model_index.INDEX_DIR, root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    (root / "models" / "my_cc_b0_8e.yml").write_text(NEW_VARIANT)
+    (root / "model-index.yml").write_text((root / "model-index.yml").read_text() + "  - models/my_cc_b0_8e.yml\n")
+    model = cc_models.from_index("my_cc_b0_8e", index=root)
+    exact = int(_anchor_table("## Architecture facts")["tf_efficientnet_cc_b0_8e"][0].replace(",", ""))
+    assert sum(p.numel() for p in model.parameters()) == exact
