@@ -6,12 +6,12 @@ The two config mappings (cc-hub's own fields, which model-index would replace
 whole) merge key by key too, the model's value winning, so a variant writes
 only what differs from its family's base architecture: its multipliers.
 
-Every inherited value remembers where it is written, so a problem in it is
-located in the collection's file, at that value.
+A problem in an inherited value is located in the collection's file, at
+that value.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .errors import Problem
@@ -25,18 +25,32 @@ INHERITED = {"Metadata": "metadata", "Data Config": "dataConfig", "Architecture 
 
 @dataclass
 class ResolvedItem(RawItem):
-    """A model with its collection's fields merged in; ``origins`` maps a path to the item that wrote it."""
+    """A model with its collection's fields merged in; ``written`` is the model as its file writes it."""
 
     collection: RawItem | None = None
-    origins: dict[PathKey, tuple[RawItem, PathKey]] = field(default_factory=dict)
+    written: Any = None
 
     def problem(self, sub: PathKey, message: str) -> Problem:
-        sub = tuple(sub)
-        for cut in range(len(sub), 0, -1):
-            if sub[:cut] in self.origins:
-                writer, path = self.origins[sub[:cut]]
-                return writer.problem(path + sub[cut:], message)
-        return super().problem(sub, message)
+        writer, path = self.origin(tuple(sub))
+        return writer.problem(path, message)
+
+    def origin(self, sub: PathKey) -> tuple[RawItem, PathKey]:
+        """The item that writes the value at ``sub``, and its path there (worked out when asked: no memory per value)."""
+        model = RawItem(self.written, self.doc, self.path)
+        base = self.collection.data.get(sub[0]) if sub and sub[0] in INHERITED else None
+        if not isinstance(base, dict):
+            return model, sub
+        if sub[0] not in self.written:
+            return self.collection, sub
+        own = self.written[sub[0]]
+        if not isinstance(own, dict):
+            return model, sub
+        if len(sub) > 1 and sub[1] not in own:
+            return self.collection, sub
+        inherited = base.get(sub[1]) if len(sub) > 2 and sub[0] == "Metadata" else None
+        if isinstance(inherited, list) and isinstance(sub[2], int):  # a list the model appends to
+            return (self.collection, sub) if sub[2] < len(inherited) else (model, sub[:2] + (sub[2] - len(inherited),) + sub[3:])
+        return model, sub
 
 
 def _in_schema_order(mapping: dict, name: str) -> dict:
@@ -46,25 +60,16 @@ def _in_schema_order(mapping: dict, name: str) -> dict:
 
 def _merge(model: RawItem, collection: RawItem) -> ResolvedItem:
     data: dict[str, Any] = dict(model.data)
-    origins: dict[PathKey, tuple[RawItem, PathKey]] = {}
     for key, name in INHERITED.items():
         base, own = collection.data.get(key), model.data.get(key, {})
         if not isinstance(base, dict) or not isinstance(own, dict):
             continue  # nothing to inherit, or a wrong type the schema reports
-        merged = dict(own)
-        for sub, value in base.items():
-            if sub not in own:
-                merged[sub] = value
-                origins[(key, sub)] = (collection, (key, sub))
-            elif key == "Metadata" and isinstance(value, list):  # model-index appends to the collection's list
-                mine = own[sub] if isinstance(own[sub], list) else [own[sub]]
-                merged[sub] = value + mine
-                origins.update({(key, sub, i): (collection, (key, sub, i)) for i in range(len(value))})
-                origins.update({(key, sub, len(value) + i): (model, (key, sub, i)) for i in range(len(mine))})
-        if key not in model.data:
-            origins[(key,)] = (collection, (key,))
+        merged = {**base, **own}
+        if key == "Metadata":  # model-index appends a model's list to its collection's
+            merged.update({k: v + (own[k] if isinstance(own[k], list) else [own[k]])
+                           for k, v in base.items() if k in own and isinstance(v, list)})
         data[key] = _in_schema_order(merged, name)
-    return ResolvedItem(_in_schema_order(data, "model"), model.doc, model.path, model.readme, collection, origins)
+    return ResolvedItem(_in_schema_order(data, "model"), model.doc, model.path, model.readme, collection, model.data)
 
 
 def inherit(models: Iterable[RawItem], collections: Iterable[RawItem]) -> list[RawItem]:

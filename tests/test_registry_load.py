@@ -51,6 +51,10 @@ def test_data_config_matches_timm(index):
         assert entry.data.as_timm_dict() == {**expected, "mean": tuple(expected["mean"]), "std": tuple(expected["std"])}
 
 
+def _line_of(path: Path, needle: str) -> int:
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
+
+
 def _anchor_table(title: str) -> dict[str, list[str]]:
     text = ANCHORS.read_text()
     section = text.split(title, 1)[1]
@@ -146,6 +150,12 @@ def test_a_variant_is_its_collections_base_architecture_with_its_own_values(tmp_
     others = [ours.get(i) for i in VARIANTS[:2]]
     assert {m.arch.activation for m in others} == {"swish"} and {m.training.training_data for m in others} == {("ImageNet",)}
     assert all(m.arch.stages == entry.arch.stages for m in others)
+    # Each value of the merged list is located where it is written.
+    item = next(m for m in registry.check(root)[0].models if m.data["Name"] == entry.id)
+    page = root / "collections" / "tf-efficientnet-condconv.md"
+    for i, (file, needle) in enumerate([(page, "        - ImageNet"), (b1, "Training Data: [JFT-300M]")]):
+        problem = item.problem(("Metadata", "Training Data", i), "x")
+        assert (problem.file, problem.line) == (str(file), _line_of(file, needle))
 
 
 def test_entries_pickle_and_deepcopy(index):
