@@ -10,7 +10,9 @@ from cc_models.layers.activations import _ACT_LAYERS
 from registry.docs.block import plain_data
 from registry.schema import definition, load_schema
 
-B0 = "tf_efficientnet_cc_b0_4e"
+from constants import MODEL_IDS
+
+B0 = MODEL_IDS[0]
 
 
 def _enum(name: str, key: str) -> set:
