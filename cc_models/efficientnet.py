@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from registry import ArchitectureConfig, DataConfig, ModelEntry, StageSpec
 
 from .efficientnet_blocks import CondConvResidual, DepthwiseSeparableConv, InvertedResidual
+from .features import block_out_channels, stage_features, take_indices
 from .fuse import fuse_batchnorm_
 from .layers import BatchNormAct2d, CondConv2d, create_conv2d, get_act_layer, make_divisible
 
@@ -85,6 +86,9 @@ class EfficientNet(nn.Module):
                 block_idx += 1
             stages.append(nn.Sequential(*blocks))
         self.blocks = nn.Sequential(*stages)
+        # timm's feature taps (list of dicts) and the block-stack positions they sit after.
+        self.feature_info = stage_features(self.blocks, [s.stride for s in arch.stages])
+        self.stage_ends = [f["stage"] for f in self.feature_info]
 
         if arch.num_features > 0:
             self.num_features = round_chs(arch.num_features)
@@ -156,6 +160,56 @@ class EfficientNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    # -- intermediate layers (timm's API) -------------------------------------------------------------------
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+                              extra_blocks: bool = False):
+        """Final features and the feature maps at ``indices`` (timm semantics: None all, int the last n).
+
+        Indices count ``feature_info`` taps, or with ``extra_blocks`` the stem (0) and every stage.
+        Returns ``intermediates`` with ``intermediates_only``, else ``(final features, intermediates)``.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        if extra_blocks:
+            taken, max_index = take_indices(len(self.blocks) + 1, indices)
+        else:
+            taken, max_index = take_indices(len(self.stage_ends), indices)
+            taken, max_index = [self.stage_ends[i] for i in taken], self.stage_ends[max_index]
+        intermediates = []
+        feat_idx = 0  # the stem
+        x = self.bn1(self.conv_stem(x))
+        if feat_idx in taken:
+            intermediates.append(x)
+        blocks = self.blocks[:max_index] if stop_early else self.blocks
+        for feat_idx, stage in enumerate(blocks, start=1):
+            x = stage(x)
+            if feat_idx in taken:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        if feat_idx == self.stage_ends[-1]:
+            x = self.bn2(self.conv_head(x))
+        return x, intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True, extra_blocks: bool = False) -> list[int]:
+        """Drop the stages, head conv and classifier not needed for ``indices``; returns the kept indices."""
+        if extra_blocks:
+            taken, max_index = take_indices(len(self.blocks) + 1, indices)
+            num_chs = block_out_channels(self.blocks[max_index - 1][-1]) if max_index else self.conv_stem.out_channels
+        else:
+            taken, max_index = take_indices(len(self.stage_ends), indices)
+            num_chs, max_index = self.feature_info[max_index]["num_chs"], self.stage_ends[max_index]
+        prune_end = prune_norm or prune_head or max_index < len(self.blocks)
+        self.blocks = self.blocks[:max_index]
+        if prune_end:
+            self.conv_head, self.bn2 = nn.Identity(), nn.Identity()
+            self.num_features = num_chs
+        if prune_head or prune_end:
+            self.reset_classifier(0)
+        return taken
 
 
 def _make_block(stage: StageSpec, in_chs: int, out_chs: int, stride: int, arch: ArchitectureConfig,

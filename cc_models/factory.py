@@ -106,6 +106,8 @@ def from_index(
     index: IndexLike = None,
     revision: str | None = None,
     num_classes: int | None = None,
+    features_only: bool = False,
+    out_indices: int | tuple[int, ...] = (0, 1, 2, 3, 4),
     **overrides: Any,
 ) -> nn.Module:
     """Build ``model_id`` from the index; with ``pretrained`` or ``checkpoint_path``, load its weights.
@@ -113,6 +115,8 @@ def from_index(
     ``index``: a ``registry.ModelIndex`` or the path of another index root (default: the packaged index).
     ``revision``: Hub revision of the weights (only with ``pretrained``).
     ``num_classes``: a different classifier size (pretrained weights then keep all but the classifier).
+    ``features_only``: a backbone returning the feature maps at ``out_indices`` (timm's ``features_only``;
+    ``model.feature_info`` says their channels, reductions and modules).
     ``overrides``: ``ArchitectureConfig`` fields to replace, e.g. ``drop_rate=0.3, drop_path_rate=0.1``.
     """
     if revision is not None and not pretrained:
@@ -123,4 +127,8 @@ def from_index(
         from .weights import load_pretrained  # weights pull in the Hub client: only when asked for
 
         load_pretrained(model, entry, checkpoint_path=checkpoint_path, revision=revision)
+    if features_only:
+        from .features import EfficientNetFeatures
+
+        model = EfficientNetFeatures(model, out_indices)
     return model
