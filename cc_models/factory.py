@@ -17,6 +17,7 @@ import registry
 from registry import ArchitectureConfig, DataConfig, ModelEntry, ModelIndex
 
 from .efficientnet import build_efficientnet
+from .hub_config import HF_HUB_PREFIX, entry_for_hub_repo
 from .transforms import transform_from_config
 
 __all__ = ["build_model", "create_transform", "data_config", "from_index", "get_entry", "list_models",
@@ -112,6 +113,8 @@ def from_index(
 ) -> nn.Module:
     """Build ``model_id`` from the index; with ``pretrained`` or ``checkpoint_path``, load its weights.
 
+    ``model_id``: an index id, or ``"hf-hub:ORG/NAME[@REV]"``: a timm Hub repo, whose ``config.json`` names the
+    architecture (an index id) and gives ``num_classes`` and the preprocessing; weights from its ``model.safetensors``.
     ``index``: a ``registry.ModelIndex`` or the path of another index root (default: the packaged index).
     ``revision``: Hub revision of the weights (only with ``pretrained``).
     ``num_classes``: a different classifier size (pretrained weights then keep all but the classifier).
@@ -121,7 +124,11 @@ def from_index(
     """
     if revision is not None and not pretrained:
         raise ValueError("revision selects Hub weights: pass pretrained=True with it")
-    entry = get_entry(model_id, index)
+    if isinstance(model_id, str) and model_id.startswith(HF_HUB_PREFIX):  # a timm repo: its config.json decides
+        entry, config = entry_for_hub_repo(model_id[len(HF_HUB_PREFIX):], _index(index))
+        num_classes = num_classes if num_classes is not None else config.num_classes
+    else:
+        entry = get_entry(model_id, index)
     model = build_model(entry, num_classes=num_classes, **overrides)
     if pretrained or checkpoint_path is not None:
         from .weights import load_pretrained  # weights pull in the Hub client: only when asked for

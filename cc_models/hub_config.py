@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import OfflineError, WeightsError, WeightsNotFoundError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from registry import ModelEntry, ModelIndex
 
 CONFIG_FILE = "config.json"
 # pretrained_cfg fields that describe the eval preprocessing (timm's names).
@@ -109,3 +112,31 @@ def fetch_hub_config(repo_id: str, revision: str | None = None) -> HubConfig:
     except (OSError, ValueError) as exc:
         raise WeightsError(f"{label} is not valid JSON: {exc}") from None
     return parse_config(repo_id, raw)
+
+
+HF_HUB_PREFIX = "hf-hub:"
+
+
+def entry_for_hub_repo(ref: str, index: "ModelIndex") -> tuple["ModelEntry", HubConfig]:
+    """The index entry a timm repo's ``config.json`` names, pointed at that repo and its preprocessing.
+
+    ``ref``: ``ORG/NAME`` or ``ORG/NAME@REVISION``. The architecture must be a model of ``index``
+    (``UnknownModelError`` otherwise); weights then come from the repo's ``model.safetensors``, and
+    the data config (input size, crop pct, interpolation, mean, std) is the repo's ``pretrained_cfg``.
+    """
+    import dataclasses
+
+    from registry.entries import HubLocation
+
+    repo_id, _, revision = ref.partition("@")
+    config = fetch_hub_config(repo_id, revision or None)
+    entry = index.get(config.architecture)
+    data = {k: v for k, v in config.data().items() if k != "crop_mode"}
+    if "crop_mode" in config.pretrained_cfg:
+        data["crop_mode"] = config.pretrained_cfg["crop_mode"]
+    try:
+        data_config = dataclasses.replace(entry.data, **data)
+    except TypeError as exc:
+        raise WeightsError(f"{repo_id}/{CONFIG_FILE}: unusable pretrained_cfg ({exc})") from None
+    hub = HubLocation(repo_id, "model.safetensors", revision or "main")
+    return dataclasses.replace(entry, hub=hub, release=None, data=data_config), config

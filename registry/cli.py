@@ -18,6 +18,7 @@ from .errors import IndexValidationError, Problem, UnknownModelError
 from .table import COLUMNS, entry_dict, models_frame
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+MODEL_FORMATS = ("onnx", "hf-repo")
 
 
 def _print_problems(problems: Sequence[Problem], stream=None) -> None:
@@ -90,6 +91,13 @@ def cmd_docs(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format in MODEL_FORMATS:  # model exports need cc_models (imported only here)
+        from cc_models.export.cli import cli_export_model
+
+        return cli_export_model(args)
+    if args.pretrained or args.checkpoint:
+        print(f"cc-registry: --pretrained/--checkpoint apply to --format {'/'.join(MODEL_FORMATS)}", file=sys.stderr)
+        return EXIT_USAGE
     from .docs import cli_export
 
     return cli_export(args)
@@ -129,10 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="compare with the pages on disk instead of writing")
     p.set_defaults(func=cmd_docs)
 
-    p = sub.add_parser("export", help="export one model, e.g. as a Hugging Face model card")
+    p = sub.add_parser("export", help="export one model: model card, Hub repo folder or ONNX",
+                       description="hf-card: README.md (a Hugging Face model card). hf-repo: config.json + "
+                                   "model.safetensors + README.md, a folder timm loads as hf-hub:ORG/NAME. "
+                                   "onnx: ID.onnx with a dynamic batch, height and width.")
     p.add_argument("id", help="model id")
-    p.add_argument("--format", choices=("hf-card",), default="hf-card")
-    p.add_argument("--out", type=Path, required=True, help="output folder (README.md is written there)")
+    p.add_argument("--format", choices=("hf-card", *MODEL_FORMATS), default="hf-card")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--pretrained", action="store_true", help="onnx/hf-repo: the entry's Hub weights")
+    p.add_argument("--checkpoint", type=Path, default=None, help="onnx/hf-repo: weights from this file")
     p.add_argument("--index", type=Path, help="index root (default: packaged)")
     p.add_argument("--results", type=Path, default=None, help="bench results store to include measured figures")
     p.set_defaults(func=cmd_export)

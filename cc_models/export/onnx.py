@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from .atomic import write_atomic
 from .cond_conv_onnx import swap_cond_convs_
 
 DEFAULT_OPSET = 17
@@ -66,19 +66,13 @@ def export_onnx(
     form = export_form(model)
     param = next(form.parameters())
     example = torch.zeros(2, *input_size, dtype=param.dtype, device=param.device)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         with torch.no_grad():
             torch.onnx.export(
                 form, (example,), tmp, dynamo=False, opset_version=opset,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, OUTPUT_NAME: {0: "batch"}},
             )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+
+    return write_atomic(Path(path), write)
