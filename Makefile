@@ -1,6 +1,6 @@
 # One command sets up and runs the main job, one sets up and runs the tests; both leave `git status` clean.
 #   make run    create .venv if missing, install cc-hub, run `cc-bench run --all` (into .cc-bench/, git-ignored)
-#   make test   create .venv if missing, install cc-hub with test+docs extras (and Chromium), run pytest
+#   make test   create .venv if missing, install cc-hub with test+docs+onnx extras (and Chromium), run pytest
 #   make publish  copy the local runs into results/ and regenerate docs/ (the only target that changes them)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -15,7 +15,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e ".[test,docs]"
+	$(BIN)/python -m pip install -e ".[test,docs,onnx]"
 	touch $@
 
 setup: $(STAMP)
