@@ -2,7 +2,7 @@
 
 Modules, one job each:
 
-* ``checks/``      one module per check (params, flops, filesize, accuracy, throughput): claim vs measurement
+* ``checks/``      one module per check (params, flops, filesize, data-config, accuracy, throughput): claim vs measurement
 * ``flops``        fvcore and torch.utils.flop_counter counts
 * ``accuracy``     ImageNet val layouts, exactly-once sharded evaluation (library code; torchrun runs ``-m bench``)
 * ``throughput``   images/s timing (CPU perf_counter; CUDA events, AMP, channels_last)

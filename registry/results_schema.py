@@ -42,7 +42,8 @@ TABLE_FILE = "results.csv"
 # Check names: the ones `cc-bench run` performs, in its order, then `cc-bench compare`'s.
 PARAMS, FLOPS, FILESIZE, ACCURACY, THROUGHPUT, COMPARE = "params", "flops", "filesize", "accuracy", "throughput", \
     "compare"
-RUN_CHECKS = (PARAMS, FLOPS, FILESIZE, ACCURACY, THROUGHPUT)
+DATA_CONFIG = "data-config"
+RUN_CHECKS = (PARAMS, FLOPS, FILESIZE, DATA_CONFIG, ACCURACY, THROUGHPUT)
 
 PASS, FAIL, SKIP, ERROR, INFO, REGRESSION = "pass", "fail", "skip", "error", "info", "regression"
 STATUSES = (PASS, FAIL, ERROR, SKIP, INFO, REGRESSION)  # the order a report counts them in

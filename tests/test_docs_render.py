@@ -68,20 +68,20 @@ def test_collection_page_shows_claim_measurement_and_status(rendered):
     index = registry.load()
     for model_id, cells in rows.items():
         entry = index.get(model_id)
-        params, macs, size, crop, interp, top1, top5, file_size, weights = cells
+        params, macs, preprocessing, accuracy, file_size, weights = cells  # seven columns: fits 1280 px
         assert f"{entry.parameters:,}" in params and f"measured {PARAMS[model_id]:,}" in params
         assert "cc-verified" in params  # the newer run passes; the older failure is superseded
         assert f"{entry.flops:,}<br><small>measured {MACS[model_id]:,}</small>" in macs and "cc-verified" in macs
-        assert f"{entry.image_size} px" in size and "not verified: not measured" in size
-        assert str(entry.crop_pct) in crop and entry.interpolation in interp
-        assert f"{entry.result().metric('Top 1 Accuracy')} %" in top1
-        assert "not verified: ImageNet validation set not found (set CC_IMAGENET_VAL)" in top1
-        assert f"{entry.result().metric('Top 5 Accuracy')} %" in top5
+        assert f"{entry.image_size} px" in preprocessing and "not verified: not measured" in preprocessing
+        assert f"crop {entry.crop_pct}" in preprocessing and entry.interpolation in preprocessing
+        assert f"top-1 {entry.result().metric('Top 1 Accuracy')} %" in accuracy
+        assert "not verified: ImageNet validation set not found (set CC_IMAGENET_VAL)" in accuracy
+        assert f"top-5 {entry.result().metric('Top 5 Accuracy')} %" in accuracy
         assert f"{entry.file_size:,} B" in file_size
         assert entry.hub.repo_id in weights and entry.release.filename in weights
-    assert "cc-verified" in rows[IDS[0]][7]
-    assert "cc-mismatch" in rows[IDS[1]][7] and "measured 96,287,000" in rows[IDS[1]][7]
-    assert "not verified: not measured" in rows[IDS[2]][7]
+    assert "cc-verified" in rows[IDS[0]][4]
+    assert "cc-mismatch" in rows[IDS[1]][4] and "measured 96,287,000" in rows[IDS[1]][4]
+    assert "not verified: not measured" in rows[IDS[2]][4]
 
 
 def test_flops_erratum_box(rendered):
@@ -98,7 +98,7 @@ def test_unverified_pages_say_why(unverified):
     rows = summary_rows(page)
     assert list(rows) == list(IDS)
     for cells in rows.values():
-        assert all("not verified: no bench run recorded" in cell for cell in cells[:8])
+        assert all("not verified: no bench run recorded" in cell for cell in cells[:5])
     results = (unverified / "results.md").read_text()
     assert "No throughput measurement is recorded yet." in results
     assert not (unverified / "assets/plots/throughput-by-batch.png").exists()

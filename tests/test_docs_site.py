@@ -210,3 +210,45 @@ def test_hostile_index_strings_render_as_text(hostile_site, serve, browser, tmp_
     assert page.evaluate(f"typeof window.{XSS_MARK}") == "undefined"
     assert not any(urlsplit(u).path.endswith("/x") for u in seen.requests), "an injected <img src=x> loaded"
     assert not seen.off_host(base) and not seen.errors, (seen.off_host(base), seen.errors)
+
+
+_INLINE_FORMULAS_JS = """() => [...document.querySelectorAll('article math')].map(m => {
+    const r = m.getBoundingClientRect();
+    const host = m.parentElement.classList.contains('formula') ? m.parentElement : m;
+    const block = host.closest('p, li, td, th');
+    const texts = [host.previousSibling, host.nextSibling].filter(n => n && n.nodeType === 3 && n.textContent.trim());
+    const sameLine = texts.some(n => {
+        const range = document.createRange();
+        range.selectNodeContents(n);
+        return [...range.getClientRects()].some(t => t.top < r.bottom && t.bottom > r.top);
+    });
+    return {text: m.textContent, inParagraph: !!block, sameLine};
+})"""
+
+
+@pytest.mark.browser
+def test_formulas_stay_inline_and_the_summary_fits_1280px(site, serve, browser, tmp_path):
+    base = serve(site)
+    page = browser.new_page()
+    page.set_viewport_size({"width": 1280, "height": 900})
+    for name in ("how-we-verify.html", PAGE_HTML):
+        _visit(page, base + name)
+        formulas = page.evaluate(_INLINE_FORMULAS_JS)
+        assert formulas, name
+        # Each formula sits in a paragraph and shares its line box with the text next to it.
+        broken = [f for f in formulas if not (f["inParagraph"] and f["sameLine"])]
+        assert not broken, (name, broken)
+        starts = page.evaluate("[...document.querySelectorAll('article p')].map(p => p.textContent.trim()[0] || '')")
+        assert not [s for s in starts if s in ".,;:)"], name  # no paragraph that starts mid-sentence
+
+    _visit(page, base + PAGE_HTML)
+    fit = page.evaluate("""() => {
+        const t = [...document.querySelectorAll('article table')].find(
+            t => [...t.querySelectorAll('th')].some(th => th.textContent.trim() === 'MACs'));
+        const wrap = t.closest('.md-typeset__scrollwrap') || t.parentElement;
+        return {scroll: wrap.scrollWidth, client: wrap.clientWidth, page: document.documentElement.scrollWidth};
+    }""")
+    assert fit["scroll"] <= fit["client"] and fit["page"] <= 1280, fit
+    page.locator("article h2", has_text="Summary").scroll_into_view_if_needed()
+    page.screenshot(path=str(tmp_path / "summary-1280.png"))
+    print(f"screenshot: {tmp_path / 'summary-1280.png'}")

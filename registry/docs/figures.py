@@ -51,13 +51,13 @@ def _top(entry: ModelEntry, name: str) -> float | None:
 
 
 # The summary table's figures, in order, with the results-store check/metric that verifies each.
-# Preprocessing figures are verified by a "config" check when the bench records one.
+# Preprocessing figures are verified by the "data-config" check (against the Hub repo's config.json).
 COLUMNS: tuple[Column, ...] = (
     Column("parameters", "Parameters", "params", "parameters", lambda e: e.parameters),
     Column("macs", "MACs", "flops", "macs", lambda e: e.flops, erratum_field="Metadata.FLOPs"),
-    Column("input_size", "Input size", "config", "input_size", lambda e: e.image_size, lambda v: f"{fmt_number(v)} px"),
-    Column("crop_pct", "Crop pct", "config", "crop_pct", lambda e: e.crop_pct),
-    Column("interpolation", "Interpolation", "config", "interpolation", lambda e: e.interpolation, str),
+    Column("input_size", "Input size", "data-config", "input_size", lambda e: e.image_size, lambda v: f"{fmt_number(v)} px"),
+    Column("crop_pct", "Crop pct", "data-config", "crop_pct", lambda e: e.crop_pct),
+    Column("interpolation", "Interpolation", "data-config", "interpolation", lambda e: e.interpolation, str),
     Column("top1", "Top-1", "accuracy", "top1", lambda e: _top(e, "Top 1 Accuracy"), fmt_percent),
     Column("top5", "Top-5", "accuracy", "top5", lambda e: _top(e, "Top 5 Accuracy"), fmt_percent),
     Column("file_size", "File size", "filesize", "bytes", lambda e: e.file_size, fmt_bytes),

@@ -156,7 +156,10 @@ def latex_to_mathml(latex: str) -> Markup | None:
 
 
 def math_markup(latex: str) -> Markup:
-    return latex_to_mathml(latex) or md_escape(f"${latex}$")
+    """Inline MathML, wrapped in a ``<span>``: Python-Markdown takes a line that *starts* with ``<math>``
+    (a block-level tag to it) for a raw HTML block and breaks the sentence apart; a span keeps it inline."""
+    mathml = latex_to_mathml(latex)
+    return Markup('<span class="formula">') + mathml + Markup("</span>") if mathml else md_escape(f"${latex}$")
 
 
 # ---------------------------------------------------------------------------
