@@ -74,6 +74,7 @@ class Row:
     peak_rss_ours_mib: float | None = None
     peak_rss_timm_mib: float | None = None
     compiled: dict | None = None
+    onnxruntime: float | None = None  # ONNX Runtime (CPU) serving our exported model, img/s
 
 
 def plain_reference(model_id: str) -> str | None:
@@ -212,6 +213,11 @@ def compare_variant(entry, index, args, device: str, log: Callable[[str], None])
     parity = check_parity(ours, theirs, entry.data.input_size)
     log(f"{entry.id}: outputs agree with timm (max |diff| {max(parity[k] for k in ('unfused', 'fused', 'fused_channels_last')):.2e}, "
         f"logits up to {parity['logit_scale']:.2f})")
+    ort = None
+    if device == "cpu" and args.onnxruntime:  # exported in a child process, before anything here is timed
+        from .onnx_runtime import prepare
+
+        ort = prepare(entry, args.index, args.checkpoint_dir, ours, log)
     plain_id = plain_reference(entry.id)
     plain = timm.create_model(plain_id, pretrained=False).eval() if plain_id else None
     ours = ours.to(device)
@@ -231,12 +237,15 @@ def compare_variant(entry, index, args, device: str, log: Callable[[str], None])
             runners = {"ours": lambda: ours(x_cl), "timm": lambda: theirs(x_timm)}
             if plain is not None:
                 runners["plain"] = lambda: plain(x_timm)
+            if ort is not None:
+                runners["onnxruntime"] = ort.runner(x)
             times = time_interleaved(runners, warmup=args.warmup, repeats=args.repeats, device=device,
                                      autocast=autocast)
             ips = {n: bs / statistics.median(t) for n, t in times.items()}
             row = Row(entry.id, bs, dtype + ("-amp" if gpu else ""), ips["ours"], ips["timm"], ips.get("plain"),
                       plain_id, ips["ours"] / ips["timm"], ips["ours"] / ips["plain"] if "plain" in ips else None,
-                      [round(t, 6) for t in times["ours"]], [round(t, 6) for t in times["timm"]])
+                      [round(t, 6) for t in times["ours"]], [round(t, 6) for t in times["timm"]],
+                      onnxruntime=ips.get("onnxruntime"))
             if args.memory and not gpu:
                 row.peak_rss_ours_mib = peak_rss_mib("ours", entry.id, bs, args.index)
                 row.peak_rss_timm_mib = peak_rss_mib("timm", entry.id, bs, args.index)
@@ -273,6 +282,8 @@ def format_row(r: Row) -> str:
             f"ratio {r.ratio:.2f}x{mark}")
     if r.ratio_vs_plain is not None:
         text += f"; timm {r.plain_id} (no CondConv) {r.plain:.2f} img/s, ours/plain {r.ratio_vs_plain:.2f}x"
+    if r.onnxruntime is not None:
+        text += f"; ONNX Runtime {r.onnxruntime:.2f} img/s (ours/ORT {r.ours / r.onnxruntime:.2f}x)"
     if r.peak_rss_ours_mib is not None and r.peak_rss_timm_mib is not None:
         text += f"; peak RSS ours {r.peak_rss_ours_mib:.0f} MiB, timm {r.peak_rss_timm_mib:.0f} MiB"
     if r.compiled:
@@ -301,7 +312,7 @@ def store_rows(rows: Sequence[Row], parities: dict, args, environment: dict) -> 
         metrics = [("images_per_s_ours", r.ours, "img/s"), ("images_per_s_timm", r.timm, "img/s"),
                    ("ratio", r.ratio, "x"), ("images_per_s_plain", r.plain, "img/s"),
                    ("ratio_vs_plain", r.ratio_vs_plain, "x"), ("peak_rss_ours", r.peak_rss_ours_mib, "MiB"),
-                   ("peak_rss_timm", r.peak_rss_timm_mib, "MiB")]
+                   ("peak_rss_timm", r.peak_rss_timm_mib, "MiB"), ("images_per_s_onnxruntime", r.onnxruntime, "img/s")]
         for metric, value, unit in metrics:
             if value is None:
                 continue
@@ -326,6 +337,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-dtypes", default="bfloat16,float16", help="AMP dtypes on CUDA (default: bfloat16,float16)")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory child processes")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd models (slow to compile)")
+    p.add_argument("--no-onnxruntime", dest="onnxruntime", action="store_false",
+                   help="leave out ONNX Runtime serving our exported model (CPU; needs the onnx extra)")
     p.add_argument("--no-store", action="store_true", help="do not record the run in the results store")
     p.add_argument("--memory-probe", choices=("ours", "timm"), help=argparse.SUPPRESS)
 

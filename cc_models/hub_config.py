@@ -1,17 +1,16 @@
 """The ``config.json`` of a timm repo on the Hugging Face Hub: architecture, num_classes, pretrained_cfg.
 
 timm writes it beside the weights (``timm.models.push_to_hf_hub``), and timm reads it first when it
-loads ``hf-hub:ORG/NAME``. We read it the same way, through ``huggingface_hub.hf_hub_download``, so
-``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` behave as for any Hub user.
+loads ``hf-hub:ORG/NAME``. We read it through ``cc_models.hub.download`` (``huggingface_hub.hf_hub_download``
+underneath), so ``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` behave as for any Hub user.
 """
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import OfflineError, WeightsError, WeightsNotFoundError
+from .errors import WeightsError
 
 if TYPE_CHECKING:  # pragma: no cover
     from registry import ModelEntry, ModelIndex
@@ -58,54 +57,16 @@ def parse_config(repo_id: str, raw: Any) -> HubConfig:
     return HubConfig(repo_id, raw["architecture"], num_classes, dict(pretrained))
 
 
-def _cache_dir() -> str | None:
-    # Read now, not at huggingface_hub's import, so a caller's HF_HOME set later still counts.
-    env = os.environ
-    if env.get("HF_HUB_CACHE"):
-        return env["HF_HUB_CACHE"]
-    if env.get("HF_HOME"):
-        return os.path.join(env["HF_HOME"], "hub")
-    return None
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    # huggingface_hub's HTTP client (httpx2 in 2.x, httpx or requests before) raises its own connection errors.
-    found = []
-    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError")):
-        try:
-            found.append(getattr(__import__(module), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(found)
-
-
-def _offline(label: str, exc: BaseException) -> OfflineError:
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return OfflineError(f"{label} cannot be fetched: {reason}",
-                        "go online (HF_HUB_OFFLINE unset, HF_ENDPOINT reachable) or fetch it into the cache once")
-
-
 def fetch_hub_config(repo_id: str, revision: str | None = None) -> HubConfig:
     """Download (or take from the cache) ``repo_id``'s ``config.json`` and parse it.
 
     Raises ``OfflineError`` (offline or unreachable: nothing cached), ``WeightsNotFoundError``
     (no such repo, revision or file) or ``WeightsError`` (not a timm config).
     """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
+    from .hub import download  # one way to the Hub: fails fast when unreachable, falls back to the cache
 
     label = f"{repo_id}/{CONFIG_FILE}" + (f"@{revision}" if revision else "")
-    try:
-        path = hf_hub_download(repo_id, CONFIG_FILE, revision=revision, cache_dir=_cache_dir(),
-                               endpoint=os.environ.get("HF_ENDPOINT") or None)
-    except LocalEntryNotFoundError as exc:  # before EntryNotFoundError: it subclasses it
-        raise _offline(label, exc) from None
-    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as exc:
-        raise WeightsNotFoundError(f"{label} not found on the Hub ({type(exc).__name__})",
-                                   "check the repo id and revision") from None
-    except (OfflineModeIsEnabled, OSError, HfHubHTTPError, *_transport_errors()) as exc:
-        raise _offline(label, exc) from None
+    path = download(repo_id, CONFIG_FILE, revision=revision).path
     try:
         with open(path, encoding="utf-8") as fh:
             raw = json.load(fh)

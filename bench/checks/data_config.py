@@ -65,7 +65,7 @@ def measure(entry: "ModelEntry", ctx: Context, rows: list[CheckResult]) -> list[
     try:
         config = fetch_hub_config(entry.hub.repo_id, entry.hub.revision)
     except (OfflineError, WeightsNotFoundError) as exc:
-        raise SkipCheck(exc.problem) from None
+        raise SkipCheck(f"cannot read {entry.hub.repo_id}/config.json: {exc.problem}") from None
     except WeightsError as exc:
         raise CheckError(exc.problem) from None
     published, claims = config.data(), _claims(entry)
