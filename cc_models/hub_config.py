@@ -78,6 +78,29 @@ def fetch_hub_config(repo_id: str, revision: str | None = None) -> HubConfig:
 HF_HUB_PREFIX = "hf-hub:"
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _data_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a repo's preprocessing fields, or None: they configure transforms, so check them."""
+    size = data.get("input_size", (3, 1, 1))
+    if not (isinstance(size, tuple) and len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size)):
+        return f"input_size {size!r} is not three positive integers"
+    if not (_is_number(data.get("crop_pct", 1.0)) and 0 < data.get("crop_pct", 1.0) <= 1):
+        return f"crop_pct {data.get('crop_pct')!r} is not a number in (0, 1]"
+    if not isinstance(data.get("interpolation", ""), str):
+        return f"interpolation {data.get('interpolation')!r} is not a string"
+    for key in ("mean", "std"):
+        value = data.get(key, (0.5, 0.5, 0.5))
+        if not (isinstance(value, tuple) and len(value) == size[0] and all(_is_number(v) for v in value)):
+            return f"{key} {value!r} is not {size[0]} numbers"
+    num_classes = data.get("num_classes", 1)
+    if not (isinstance(num_classes, int) and num_classes >= 0):
+        return f"num_classes {num_classes!r} is not a non-negative integer"
+    return None
+
+
 def entry_for_hub_repo(ref: str, index: "ModelIndex") -> tuple["ModelEntry", HubConfig]:
     """The index entry a timm repo's ``config.json`` names, pointed at that repo and its preprocessing.
 
@@ -95,9 +118,12 @@ def entry_for_hub_repo(ref: str, index: "ModelIndex") -> tuple["ModelEntry", Hub
     data = {k: v for k, v in config.data().items() if k != "crop_mode"}
     if "crop_mode" in config.pretrained_cfg:
         data["crop_mode"] = config.pretrained_cfg["crop_mode"]
-    try:
-        data_config = dataclasses.replace(entry.data, **data)
-    except TypeError as exc:
-        raise WeightsError(f"{repo_id}/{CONFIG_FILE}: unusable pretrained_cfg ({exc})") from None
+    if config.num_classes is not None:
+        data["num_classes"] = config.num_classes
+    problem = _data_problem(data)
+    if problem:
+        raise WeightsError(f"{repo_id}/{CONFIG_FILE}: pretrained_cfg.{problem}",
+                           "fix the repo's config.json, or load the weights with checkpoint_path= and the index's config")
+    data_config = dataclasses.replace(entry.data, **data)
     hub = HubLocation(repo_id, "model.safetensors", revision or "main")
     return dataclasses.replace(entry, hub=hub, release=None, data=data_config), config

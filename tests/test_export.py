@@ -153,7 +153,7 @@ def test_from_index_reads_a_timm_config(fake_hub):
     model = cc_models.from_index(f"hf-hub:{repo}")
     assert model.num_classes == 10 and model.classifier.out_features == 10
     assert model.data_config.input_size == (3, 256, 256) and model.data_config.crop_pct == 0.95
-    assert model.data_config.interpolation == "bilinear"
+    assert model.data_config.interpolation == "bilinear" and model.data_config.num_classes == 10
 
     fake_hub.add_file("test-org/other", "config.json", json.dumps({"architecture": "resnet50"}).encode(), lfs=False)
     from registry.errors import UnknownModelError
@@ -167,6 +167,10 @@ def test_from_index_reads_a_timm_config(fake_hub):
         cc_models.from_index("hf-hub:test-org/broken")
     with pytest.raises(WeightsNotFoundError):
         cc_models.from_index("hf-hub:test-org/absent")
+    bad = {"architecture": MODEL, "pretrained_cfg": {"input_size": [3, "224", 224]}}
+    fake_hub.add_file("test-org/bad-size", "config.json", json.dumps(bad).encode(), lfs=False)
+    with pytest.raises(WeightsError, match="input_size"):
+        cc_models.from_index("hf-hub:test-org/bad-size")
 
 
 def test_torch_hub_load_local():
