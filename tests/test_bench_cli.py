@@ -35,7 +35,7 @@ def test_run_all_passes_offline_without_imagenet(full_run):
         assert status[("flops", "macs", None)] == "pass"
         assert status[("flops", "flop_counter_flops", None)] == "info"
         for c in mine:
-            if c["check"] in ("filesize", "accuracy"):
+            if c["check"] in ("filesize", "data-config", "accuracy"):
                 assert c["status"] == "skip" and c["reason"], c
         filesize = [c for c in mine if c["check"] == "filesize"][0]
         assert "cannot be had" in filesize["reason"] and "HF_HUB_OFFLINE" in filesize["reason"]
@@ -62,7 +62,7 @@ def test_run_all_keeps_its_table_in_the_local_store_only(full_run):
         reader = csv.DictReader(f)
         assert tuple(reader.fieldnames) == COLUMNS
         table = list(reader)
-    assert len(table) == 3 * (1 + 2 + 1 + 2 + 2)
+    assert len(table) == 3 * (1 + 2 + 1 + 5 + 2 + 2)  # params, flops, filesize, data-config, accuracy, throughput
     flops = [r for r in table if r["check"] == "flops" and r["metric"] == "macs"]
     for r in flops:
         extra = json.loads(r["extra"])
