@@ -4,8 +4,8 @@ served by ONNX Runtime's CPUExecutionProvider with the same number of threads as
 The export runs in a child process (``python -m bench.onnx_runtime ID OUT``), never in the timing
 process: a failed TorchScript export once moved glibc's dynamic mmap threshold in the process that
 attempted it and sped up every timing after it, so an export must not share the allocator being
-measured. The child builds the same weights as the comparison (``compare.paired_models``, same seed
-or the same checkpoint); the parent checks ONNX Runtime's logits against our model within 1e-4
+measured. The child builds the same weights as the comparison (``compare.paired_models``'s rule: the same
+checkpoint, else the same seed); the parent checks ONNX Runtime's logits against our model within 1e-4
 before timing it, and leaves it out (saying why) when they differ or onnxruntime is not installed.
 """
 from __future__ import annotations
@@ -82,15 +82,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--index", default=None)
     parser.add_argument("--checkpoint-dir", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=0, help="compare.paired_models' seed for random weights")
     args = parser.parse_args(argv)
+    import cc_models
     import registry
-    from cc_models import export_onnx
 
-    from .compare import paired_models
+    from . import models
+    from .calibrate import randomize_
 
     index = registry.load(args.index)
-    ours, _ = paired_models(index.get(args.id), index, args.checkpoint_dir)
-    export_onnx(ours, args.out)
+    entry = index.get(args.id)
+    # The weights compare.paired_models gives ours (same checkpoint, else the same seed); the parent checks
+    # the export against its own model before timing, so a divergence here cannot go unnoticed.
+    checkpoint = models.local_checkpoint(entry, args.checkpoint_dir)
+    if checkpoint is not None:
+        ours = cc_models.from_index(entry.id, checkpoint_path=checkpoint, index=index)
+    else:
+        torch.manual_seed(args.seed)
+        ours = randomize_(cc_models.from_index(entry.id, index=index), seed=args.seed, size=entry.data.input_size[1:])
+    cc_models.export_onnx(ours.eval(), args.out)
     return 0
 
 

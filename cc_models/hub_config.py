@@ -1,21 +1,25 @@
 """The ``config.json`` of a timm repo on the Hugging Face Hub: architecture, num_classes, pretrained_cfg.
 
 timm writes it beside the weights (``timm.models.push_to_hf_hub``), and timm reads it first when it
-loads ``hf-hub:ORG/NAME``. We read it through ``cc_models.hub.download`` (``huggingface_hub.hf_hub_download``
+loads ``hf-hub:ORG/NAME``. We read it through ``cc_models.hub.fetch`` (``huggingface_hub.hf_hub_download``
 underneath), so ``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` behave as for any Hub user.
 """
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import WeightsError
+from registry.entries import HubLocation
+
+from .errors import UnpinnedWeightsWarning, WeightsError
 
 if TYPE_CHECKING:  # pragma: no cover
     from registry import ModelEntry, ModelIndex
 
 CONFIG_FILE = "config.json"
+CONFIG_MAX_BYTES = 1 << 20  # timm's are ~1 KiB; a larger one is refused before its download
 # pretrained_cfg fields that describe the eval preprocessing (timm's names).
 DATA_FIELDS = ("input_size", "crop_pct", "interpolation", "mean", "std")
 
@@ -63,10 +67,12 @@ def fetch_hub_config(repo_id: str, revision: str | None = None) -> HubConfig:
     Raises ``OfflineError`` (offline or unreachable: nothing cached), ``WeightsNotFoundError``
     (no such repo, revision or file) or ``WeightsError`` (not a timm config).
     """
-    from .hub import download  # one way to the Hub: fails fast when unreachable, falls back to the cache
+    from .hub import fetch  # one way to the Hub: typed errors, the cache when unreachable
 
     label = f"{repo_id}/{CONFIG_FILE}" + (f"@{revision}" if revision else "")
-    path = download(repo_id, CONFIG_FILE, revision=revision).path
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnpinnedWeightsWarning)  # a config is parsed and checked, not executed
+        path = fetch(HubLocation(repo_id, CONFIG_FILE, revision or "main"), max_bytes=CONFIG_MAX_BYTES).path
     try:
         with open(path, encoding="utf-8") as fh:
             raw = json.load(fh)
@@ -109,8 +115,6 @@ def entry_for_hub_repo(ref: str, index: "ModelIndex") -> tuple["ModelEntry", Hub
     the data config (input size, crop pct, interpolation, mean, std) is the repo's ``pretrained_cfg``.
     """
     import dataclasses
-
-    from registry.entries import HubLocation
 
     repo_id, _, revision = ref.partition("@")
     config = fetch_hub_config(repo_id, revision or None)

@@ -90,11 +90,23 @@ def cmd_docs(args: argparse.Namespace) -> int:
     return cli_docs(args)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    if args.format in MODEL_FORMATS:  # model exports need cc_models (imported only here)
-        from cc_models.export.cli import cli_export_model
+def _model_exporter():
+    """The ONNX / Hub-repo exporter: it needs the models, which live above the registry (DESIGN.md's layers),
+    so cc_models plugs it in through the entry point ``cc_hub.exporters:models`` instead of an import here."""
+    from importlib.metadata import entry_points
 
-        return cli_export_model(args)
+    found = list(entry_points(group="cc_hub.exporters", name="models"))
+    return found[0].load() if found else None
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.format in MODEL_FORMATS:
+        exporter = _model_exporter()
+        if exporter is None:
+            print(f"cc-registry: --format {args.format} needs the models package (cc_models) installed with "
+                  "cc-hub: pip install -e . (it registers the entry point cc_hub.exporters:models)", file=sys.stderr)
+            return EXIT_USAGE
+        return exporter(args)
     if args.pretrained or args.checkpoint:
         print(f"cc-registry: --pretrained/--checkpoint apply to --format {'/'.join(MODEL_FORMATS)}", file=sys.stderr)
         return EXIT_USAGE
