@@ -111,6 +111,7 @@ with torch.no_grad():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::cc_models.errors.UnpinnedWeightsWarning")  # a test repo pins nothing
 def test_hf_repo_export_loads_in_timm_and_back(pair, checkpoint, fake_hub, tmp_path, capsys):
     theirs, ours = pair
     out = tmp_path / "repo"
