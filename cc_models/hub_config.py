@@ -6,6 +6,7 @@ underneath), so ``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE`` and ``HF_HUB_OFFLI
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -114,13 +115,11 @@ def entry_for_hub_repo(ref: str, index: "ModelIndex") -> tuple["ModelEntry", Hub
     (``UnknownModelError`` otherwise); weights then come from the repo's ``model.safetensors``, and
     the data config (input size, crop pct, interpolation, mean, std) is the repo's ``pretrained_cfg``.
     """
-    import dataclasses
-
     repo_id, _, revision = ref.partition("@")
     config = fetch_hub_config(repo_id, revision or None)
     entry = index.get(config.architecture)
-    data = {k: v for k, v in config.data().items() if k != "crop_mode"}
-    if "crop_mode" in config.pretrained_cfg:
+    data = config.data()
+    if isinstance(config.pretrained_cfg.get("crop_mode"), str):
         data["crop_mode"] = config.pretrained_cfg["crop_mode"]
     if config.num_classes is not None:
         data["num_classes"] = config.num_classes
