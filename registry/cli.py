@@ -78,7 +78,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     entry = _load(args).get(args.id)
     data = entry_dict(entry)
     if args.format == "json":
-        print(json.dumps(data, indent=2))
+        print(json.dumps(data, indent=2, allow_nan=False))  # RFC 8259: validation already refused NaN
     else:
         print(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100).rstrip())
     return EXIT_OK

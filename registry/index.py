@@ -13,7 +13,7 @@ from .errors import IndexValidationError, Problem, UnknownModelError
 from .inherit import ResolvedItem, inherit
 from .schema import resolved_problems, validate_documents
 from .semantic import check_index
-from .sources import IndexSources, RawItem, collect, display_path
+from .sources import IndexSources, RawItem, collect, display_path, resolve
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,10 @@ def _location(item: RawItem) -> SourceLocation:
 ROOT_NAMES = ("model-index.yml", "model-index.yaml")
 
 
-def enclosing_root(path: Path) -> Path | None:
-    """The root index in a parent folder of ``path`` that imports it, if ``path`` is not a root itself."""
-    path = path.resolve()
-    if path.is_dir() or path.name in ROOT_NAMES:
+def _enclosing_sources(path: Path) -> IndexSources | None:
+    """The sources of the root index that imports ``path``, read once (they are then checked as they are)."""
+    path = resolve(path)
+    if isinstance(path, str) or path.is_dir() or path.name in ROOT_NAMES:
         return None
     for folder in path.parents:
         for name in ROOT_NAMES:
@@ -72,7 +72,7 @@ def enclosing_root(path: Path) -> Path | None:
             if candidate.is_file():
                 sources = collect(candidate)
                 if any(Path(d.file).resolve() == path for d in sources.documents):
-                    return candidate
+                    return sources
     return None
 
 
@@ -99,13 +99,12 @@ def check(path: str | Path | None = None) -> tuple[IndexSources, list[Problem]]:
     and those of the collection pages its models inherit from.
     """
     target = Path(path) if path is not None else model_index.root()
-    context = enclosing_root(target) if target.exists() else None
-    sources, problems = _check(context or target)
+    context = _enclosing_sources(target) if target.exists() else None
+    sources, problems = _check(context or collect(target))
     return _restrict(sources, problems, target) if context else (sources, problems)
 
 
-def _check(path: Path) -> tuple[IndexSources, list[Problem]]:
-    sources = collect(path)
+def _check(sources: IndexSources) -> tuple[IndexSources, list[Problem]]:
     problems = list(sources.problems)
     problems += validate_documents(sources.documents)
     sources.models = inherit(sources.models, sources.collections)

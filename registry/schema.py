@@ -7,11 +7,12 @@ have once it has inherited its collection's fields is ``$defs/resolvedModel``.
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
 import model_index
@@ -33,6 +34,21 @@ def definition(name: str) -> dict:
     return load_schema()["$defs"][name]
 
 
+@lru_cache(maxsize=None)
+def _anchored(pattern: str) -> re.Pattern:
+    # In Python's re, a final `$` also matches before a trailing newline ("name\n" would pass
+    # `^[a-z]+$`); JSON Schema means the end of the string.
+    return re.compile(re.sub(r"(?<!\\)\$$", r"\\Z", pattern))
+
+
+def _pattern(validator, pattern: str, instance, schema):
+    if validator.is_type(instance, "string") and not _anchored(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+_Validator = validators.extend(Draft202012Validator, {"pattern": _pattern})
+
+
 @lru_cache(maxsize=4)
 def _validators(path: str | None = None) -> tuple[Draft202012Validator, Draft202012Validator]:
     schema = load_schema(path)
@@ -40,15 +56,15 @@ def _validators(path: str | None = None) -> tuple[Draft202012Validator, Draft202
     # The schema's top level is oneOf(file mapping, bare model list); validating against the branch that
     # fits the document's type gives one error per problem instead of one wrapped oneOf failure.
     base = {"$schema": schema["$schema"], "$defs": schema["$defs"]}
-    file_validator = Draft202012Validator({**base, "$ref": "#/$defs/indexFile"})
-    list_validator = Draft202012Validator({**base, "type": "array", "items": {"$ref": "#/$defs/model"}})
+    file_validator = _Validator({**base, "$ref": "#/$defs/indexFile"})
+    list_validator = _Validator({**base, "type": "array", "items": {"$ref": "#/$defs/model"}})
     return file_validator, list_validator
 
 
 @lru_cache(maxsize=4)
 def _resolved_validator(path: str | None = None) -> Draft202012Validator:
     schema = load_schema(path)
-    return Draft202012Validator({"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/resolvedModel"})
+    return _Validator({"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/resolvedModel"})
 
 
 def _type_name(value) -> str:
@@ -103,8 +119,8 @@ def _message(error: ValidationError, described: str | None = None) -> str:
     if v in ("oneOf", "anyOf"):
         desc = error.schema.get("description")
         return f"invalid value {shown}" + (f": expected {desc[0].lower() + desc[1:]}" if desc else "")
-    if v == "pattern":
-        desc = described or error.schema.get("description")
+    if v == "pattern":  # a field's own description says its form; else the oneOf's that it is a branch of
+        desc = error.schema.get("description") or described
         return f"{shown} has the wrong form" + (f": expected {desc[0].lower() + desc[1:]}" if desc else f" (must match {error.validator_value})")
     if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         return f"{shown} is out of range ({error.message.split(' is ', 1)[-1]})"

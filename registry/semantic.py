@@ -1,8 +1,10 @@
 """Checks the schema cannot express: cross-file references, ranges of string-form numbers, consistency."""
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Callable, Iterable
+from urllib.parse import urlsplit
 
 from .build import to_int, to_number
 from .entries import RELEASE_NAME_RE
@@ -29,9 +31,10 @@ def _number(value: Any, convert: Callable = to_number):
     if value is None:
         return None
     try:
-        return convert(value)
-    except (TypeError, ValueError):
+        number = convert(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if math.isfinite(number) else None  # the schema's forms are finite; belt and braces
 
 
 def _check_range(item, where, value, problems, *, low=None, high=None, low_open=False, what="value", unit=""):
@@ -46,9 +49,38 @@ def _check_range(item, where, value, problems, *, low=None, high=None, low_open=
         problems.append(item.problem(where, f"{what} {value!r} is out of range {rng}{unit}"))
 
 
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is not an https URL to a named host, or None. Parsed, not prefix-matched."""
+    shown = ascii(url if len(url) <= 80 else url[:77] + "...")
+    if any(c.isspace() for c in url):
+        return f"URL {shown} contains white space"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        return f"URL {shown} cannot be parsed: {exc}"
+    if parts.scheme != "https":
+        return f"URL must use https, got {shown}"
+    if not parts.hostname:
+        return f"URL {shown} names no host"
+    if parts.username is not None or parts.password is not None:
+        return f"URL {shown} carries a user name or password; links in the index may not"
+    return None
+
+
 def _check_https(item: RawItem, where: tuple, url: Any, problems: list[Problem]) -> None:
-    if isinstance(url, str) and not url.startswith("https://"):
-        problems.append(item.problem(where, f"URL must use https, got {url!r}"))
+    if isinstance(url, str):
+        message = url_problem(url)
+        if message:
+            problems.append(item.problem(where, message))
+
+
+def _check_paper(item: RawItem, problems: list[Problem]) -> None:
+    paper = _get(item.data, "Paper")
+    if isinstance(paper, str):  # the string form is the paper's URL (build.collection_entry links it)
+        _check_https(item, ("Paper",), paper, problems)
+    else:
+        _check_https(item, ("Paper", "URL"), _get(paper, "URL"), problems)
 
 
 def check_model(item: RawItem) -> list[Problem]:
@@ -78,8 +110,9 @@ def check_model(item: RawItem) -> list[Problem]:
                     _check_range(item, ("Results", i, "Metrics", metric), value, problems, low=0, high=100,
                                  what=str(metric), unit=" (percent)")
 
-    for where in (("Code",), ("Weights",), ("Paper", "URL")):
+    for where in (("Code",), ("Weights",)):
         _check_https(item, where, _get(raw, *where), problems)
+    _check_paper(item, problems)
     for i, erratum in enumerate(raw.get("Errata") or []):
         _check_https(item, ("Errata", i, "Source"), _get(erratum, "Source"), problems)
         field = _get(erratum, "Field")
@@ -113,16 +146,18 @@ def check_model(item: RawItem) -> list[Problem]:
     arch = raw.get("Architecture Config") if isinstance(raw.get("Architecture Config"), dict) else {}
     stages = arch.get("Stages") if isinstance(arch.get("Stages"), list) else []
     for i, stage in enumerate(stages):
-        kernel = _get(stage, "Kernel")
-        if isinstance(kernel, int) and kernel % 2 == 0:
+        kernel = _number(_get(stage, "Kernel"), to_int)  # 3.0 is a whole number too: checked, not skipped
+        if kernel is not None and kernel % 2 == 0:
             problems.append(item.problem(("Architecture Config", "Stages", i, "Kernel"), f"kernel size {kernel} must be odd"))
     match = EXPERTS_IN_NAME.search(str(name or ""))
     if match and stages:
-        multiplier = arch.get("Experts Multiplier", definition("architectureConfig")["properties"]["Experts Multiplier"]["default"])
+        # Whole numbers written as floats (8.0) are checked too, not skipped; defaults come from the schema.
+        multiplier = _number(arch.get("Experts Multiplier",
+                                      definition("architectureConfig")["properties"]["Experts Multiplier"]["default"]), to_int)
         no_experts = definition("stage")["properties"]["Experts"]["default"]
-        experts = [s.get("Experts", no_experts) for s in stages if isinstance(s, dict)]
-        base = max((e for e in experts if isinstance(e, int)), default=no_experts)  # the schema reports other types
-        if isinstance(multiplier, int) and isinstance(base, int) and base * multiplier != int(match[1]):
+        experts = [_number(s.get("Experts", no_experts), to_int) for s in stages if isinstance(s, dict)]
+        base = max(experts, default=no_experts) if None not in experts else None  # the schema reports other types
+        if multiplier is not None and base is not None and base * multiplier != int(match[1]):
             problems.append(item.problem(
                 ("Architecture Config", "Experts Multiplier"),
                 f"name {name!r} says {match[1]} experts, but the config gives {base} base experts x "
@@ -133,38 +168,49 @@ def check_model(item: RawItem) -> list[Problem]:
 def check_collection(item: RawItem) -> list[Problem]:
     problems: list[Problem] = []
     if isinstance(item.data, dict):
-        _check_https(item, ("Paper", "URL"), _get(item.data, "Paper", "URL"), problems)
+        _check_paper(item, problems)
     return problems
+
+
+def _case_note(name: str, first: RawItem) -> str:
+    other = _get(first.data, "Name")
+    return f" (as {other!r}, which differs only in case)" if other != name else ""
 
 
 def check_index(models: Iterable[RawItem], collections: Iterable[RawItem]) -> list[Problem]:
     """Cross-item checks: unique names, collections that exist; plus each item's own checks."""
     models, collections = list(models), list(collections)
     problems: list[Problem] = []
+    # Names are compared case-insensitively: ids become file and page names, and a case-insensitive
+    # file system (or a user typing the id) cannot tell tf_x from TF_X apart.
     seen: dict[str, RawItem] = {}
+    collection_names: set[str] = set()
     for item in collections:
         problems.extend(check_collection(item))
         name = _get(item.data, "Name")
         if isinstance(name, str):
-            if name in seen:
-                first = seen[name]
+            collection_names.add(name)
+            if name.casefold() in seen:
+                first = seen[name.casefold()]
                 line, _ = first.doc.locate(first.path)
-                problems.append(item.problem(("Name",), f"collection {name!r} is defined twice (also at {first.doc.file}:{line})"))
-            seen[name] = item
-    collection_names = set(seen)
+                problems.append(item.problem(("Name",), f"collection {name!r} is defined twice"
+                                             f"{_case_note(name, first)} (also at {first.doc.file}:{line})"))
+            else:
+                seen[name.casefold()] = item
     seen_models: dict[str, RawItem] = {}
     for item in models:
         problems.extend(check_model(item))
         name = _get(item.data, "Name")
         if not isinstance(name, str):
             continue
-        if name in seen_models:
-            first = seen_models[name]
+        if name.casefold() in seen_models:
+            first = seen_models[name.casefold()]
             line, _ = first.doc.locate(first.path + ("Name",))
-            problems.append(item.problem(("Name",), f"model {name!r} is defined twice (first at {first.doc.file}:{line}); "
-                                                    "names must be unique across all files"))
+            problems.append(item.problem(("Name",), f"model {name!r} is defined twice{_case_note(name, first)} "
+                                                    f"(first at {first.doc.file}:{line}); names must be unique "
+                                                    "across all files, ignoring case"))
         else:
-            seen_models[name] = item
+            seen_models[name.casefold()] = item
         collection = _get(item.data, "In Collection")
         if isinstance(collection, str) and collection not in collection_names:
             known = ", ".join(repr(c) for c in sorted(collection_names)) or "none defined"

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import Problem
-from .yaml_io import Document, PathKey, YamlProblems, markdown_blocks, parse_yaml, read_text
+from .yaml_io import CONTROL_RE, Document, PathKey, YamlProblems, markdown_blocks, parse_yaml, read_text
 
 INDEX_SUFFIXES = (".yml", ".yaml", ".md")
 
@@ -43,8 +43,18 @@ class IndexSources:
 def display_path(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
+    except (ValueError, OSError, RuntimeError):  # outside the cwd, or a path that cannot be resolved
         return str(path)
+
+
+def resolve(path: Path) -> Path | str:
+    """The real path, or why there is none (Python 3.11 raises RuntimeError on a symlink loop, 3.13 OSError)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return "too many levels of symbolic links (a symlink loop?)"
+    except ValueError:
+        return "the path contains a NUL character"
 
 
 def read_documents(path: Path) -> list[Document]:
@@ -52,6 +62,12 @@ def read_documents(path: Path) -> list[Document]:
     display = display_path(path)
     text = read_text(path, display)
     if path.suffix == ".md":
+        bad = CONTROL_RE.search(text)  # the page's prose is rendered into the docs, not only its block
+        if bad:
+            line = text.count("\n", 0, bad.start()) + 1
+            column = bad.start() - text.rfind("\n", 0, bad.start())
+            raise YamlProblems([Problem(display, line, column, "$", f"control character U+{ord(bad.group()):04X} "
+                                                                    "in the page; index files hold printable text only")])
         return markdown_blocks(text, display)
     return [parse_yaml(text, display)]
 
@@ -67,6 +83,9 @@ class _Reader:
         problem = self.sources.problems.append
         if not isinstance(spec, str) or not spec.strip():
             problem(doc.problem(where, f"an import must be a relative file path, got {spec!r}"))
+            return []
+        if CONTROL_RE.search(spec):
+            problem(doc.problem(where, f"import {ascii(spec)} contains a control character"))
             return []
         pure = PurePosixPath(spec.replace("\\", "/"))
         if pure.is_absolute() or spec.startswith("~") or (len(spec) > 1 and spec[1] == ":"):
@@ -86,7 +105,10 @@ class _Reader:
             candidates = [pattern]
         out = []
         for candidate in candidates:
-            resolved = candidate.resolve()
+            resolved = resolve(candidate)
+            if isinstance(resolved, str):
+                problem(doc.problem(where, f"import {spec!r}: {resolved}"))
+                continue
             if not resolved.is_relative_to(self.root_dir):
                 problem(doc.problem(where, f"import {spec!r} leads out of the index folder {self.root_dir} "
                                            f"(to {resolved}); symlinks may not point outside it"))
@@ -164,6 +186,11 @@ class _Reader:
 def collect(path: Path) -> IndexSources:
     """Read ``path`` (a root index, an imported file or a markdown page) and everything it imports."""
     path = Path(path)
+    reason = resolve(path)
+    if isinstance(reason, str):
+        sources = IndexSources(root=path)
+        sources.problems.append(Problem(display_path(path), 0, 0, "$", f"cannot read: {reason}"))
+        return sources
     if path.is_dir():
         for name in ("model-index.yml", "model-index.yaml"):
             if (path / name).is_file():

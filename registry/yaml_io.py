@@ -1,28 +1,32 @@
 """Safe, located YAML reading for untrusted index files.
 
 PyYAML's safe loader still keeps the last of two duplicate keys silently,
-expands aliases without bound and forgets where values came from. This
-module composes the node graph with the safe loader and builds the Python
-values itself, so that it can:
+expands aliases without bound, forgets where values came from and lets
+control characters, NaN, custom tags and 5,000-digit integers through (or
+raises on them). This module composes the node graph with libyaml (its
+nodes keep their marks) and builds the Python values itself, so that it can:
 
 - record the line and column of every value (``positions``, keyed by path),
-- reject duplicate mapping keys,
+- reject duplicate mapping keys, tags other than YAML's plain types, NaN and
+  infinity, integers beyond 64 bits, control characters and lone surrogates,
 - bound the number of values built (an alias bomb is a few lines of YAML
-  that expand to billions of values) and the nesting depth,
-- bound the file size, require UTF-8 and reject empty files.
+  that expand to billions of values; merge keys count too) and the nesting depth,
+- read only regular files, bounded in size; require UTF-8; reject empty files.
 
 Markdown pages carry their block inside ``<!-- ... -->``; the block's
 positions are shifted so they point into the page.
 """
 from __future__ import annotations
 
+import math
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import Problem
@@ -30,6 +34,19 @@ from .errors import Problem
 MAX_FILE_BYTES = 1 << 20  # an index file is a few KiB; a MiB is already suspicious
 MAX_VALUES = 100_000  # values built per document, aliases counted each time they are used
 MAX_DEPTH = 64
+MAX_NUMBER_CHARS = 40  # longer int/float literals are refused before conversion (int() is quadratic)
+INT_LIMIT = 1 << 63  # counts in an index fit in 64 bits
+
+# libyaml (when PyYAML was built with it) composes ~10x faster and bounds nesting itself.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# C0 controls other than tab/LF/CR, DEL, C1 controls, lone surrogates and the two non-characters:
+# none belongs in an index, whether typed raw or written as an escape in a quoted string.
+CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+_TAG = "tag:yaml.org,2002:"
+_STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
+_SEQ, _MAP, _MERGE, _TIMESTAMP = (_TAG + t for t in ("seq", "map", "merge", "timestamp"))
 
 PathKey = tuple  # JSON path as a tuple of str keys / int indices
 
@@ -42,8 +59,13 @@ def format_path(path: PathKey) -> str:
         elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
             out += f".{part}"
         else:
-            out += f"[{str(part)!r}]"
+            out += f"[{_quoted(str(part))}]"
     return out
+
+
+def _quoted(text: str) -> str:
+    """repr() with every non-ASCII character escaped, so a message can always be printed and encoded."""
+    return ascii(text)
 
 
 @dataclass
@@ -78,25 +100,55 @@ class YamlProblems(Exception):
         super().__init__("\n".join(str(p) for p in problems))
 
 
-class _Budget:
-    def __init__(self) -> None:
-        self.values = 0
+def _file_problem(display: str, message: str) -> YamlProblems:
+    return YamlProblems([Problem(display, 0, 0, "$", message)])
+
+
+def read_bytes(path: Path, display: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file, at most ``limit`` of them; located problems otherwise.
+
+    The file is opened without blocking (a FIFO would wait for a writer forever) and checked with
+    fstat *after* opening, so a symlink swapped in between, or one to /dev/zero, is caught; the read
+    itself is bounded, since a device's size says nothing about how much it yields.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise _file_problem(display, f"cannot read file: {_os_reason(exc)}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, device or socket)"
+            raise _file_problem(display, f"cannot read file: it is {kind}; index files are regular files")
+        if info.st_size > limit:
+            raise _file_problem(display, f"file is {info.st_size:,} bytes; index files are limited to {limit:,}")
+        chunks, total = [], 0
+        while total <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as exc:
+        raise _file_problem(display, f"cannot read file: {_os_reason(exc)}") from None
+    finally:
+        os.close(fd)
+    if total > limit:
+        raise _file_problem(display, f"file grew past {limit:,} bytes while being read; index files are limited to that")
+    return b"".join(chunks)
+
+
+def _os_reason(exc: Exception) -> str:
+    if isinstance(exc, ValueError):
+        return "the path contains a NUL character"
+    if getattr(exc, "errno", None) == 40:  # ELOOP
+        return "too many levels of symbolic links (a symlink loop?)"
+    return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
 
 
 def read_text(path: Path, display: str) -> str:
     """Read an index file as UTF-8 text, bounded in size; located problems otherwise."""
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise YamlProblems([Problem(display, 0, 0, "$", f"cannot read file: {exc.strerror or exc}")]) from None
-    if size > MAX_FILE_BYTES:
-        raise YamlProblems(
-            [Problem(display, 0, 0, "$", f"file is {size:,} bytes; index files are limited to {MAX_FILE_BYTES:,}")]
-        )
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise YamlProblems([Problem(display, 0, 0, "$", f"cannot read file: {exc.strerror or exc}")]) from None
+    raw = read_bytes(path, display)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -105,6 +157,117 @@ def read_text(path: Path, display: str) -> str:
         raise YamlProblems(
             [Problem(display, line, column, "$", f"file is not valid UTF-8 (byte 0x{raw[exc.start]:02x}); save it as UTF-8")]
         ) from None
+
+
+def _control_message(char: str, where: str) -> str:
+    kind = "lone surrogate" if "\ud800" <= char <= "\udfff" else "control character"
+    return f"{kind} U+{ord(char):04X} {where}; index files hold printable text only"
+
+
+class _Builder:
+    """Python values from a composed node graph, with positions, bounded and strict."""
+
+    def __init__(self, loader: Any, doc: Document, place) -> None:
+        self.loader, self.doc, self.place = loader, doc, place
+        self.problems: list[Problem] = []
+        self.values = 0
+
+    def fail(self, node: Node, path: PathKey, message: str) -> None:
+        self.problems.append(Problem(self.doc.file, *self.place(node.start_mark), format_path(path), message))
+
+    def build(self, node: Node, path: PathKey, depth: int) -> Any:
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise YamlProblems([Problem(self.doc.file, *self.place(node.start_mark), format_path(path),
+                                        f"document expands to more than {MAX_VALUES:,} values (alias bomb?); "
+                                        "aliases and merge keys may not multiply the document's size")])
+        if depth > MAX_DEPTH:
+            raise YamlProblems([Problem(self.doc.file, *self.place(node.start_mark), format_path(path),
+                                        f"nesting deeper than {MAX_DEPTH} levels (recursive alias?)")])
+        self.doc.positions.setdefault(path, self.place(node.start_mark))
+        if isinstance(node, ScalarNode):
+            return self.scalar(node, path)
+        if node.tag not in (_SEQ, _MAP):
+            self.fail(node, path, f"tag {_quoted(node.tag)} is not allowed; index files hold plain YAML "
+                                  "mappings, lists, strings, numbers and booleans")
+            return None
+        if isinstance(node, SequenceNode):
+            return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
+        return self.mapping(node, path, depth)
+
+    def scalar(self, node: ScalarNode, path: PathKey) -> Any:
+        tag, text = node.tag, node.value
+        if tag == _STR or tag == _TIMESTAMP:  # a date stays the text it was written as
+            bad = CONTROL_RE.search(text)
+            if bad:
+                self.fail(node, path, _control_message(bad.group(), "in a string (written as an escape?)"))
+                return None
+            return text
+        if tag not in (_INT, _FLOAT, _BOOL, _NULL):
+            self.fail(node, path, f"tag {_quoted(tag)} is not allowed; index files hold plain YAML "
+                                  "strings, numbers and booleans")
+            return None
+        if tag in (_INT, _FLOAT) and len(text) > MAX_NUMBER_CHARS:
+            self.fail(node, path, f"number {_quoted(text[:20])}... is {len(text):,} characters long; "
+                                  f"numbers in an index are at most {MAX_NUMBER_CHARS}")
+            return None
+        try:
+            value = self.loader.yaml_constructors[tag](self.loader, node)
+        except Exception:  # `!!int abc`, `!!bool maybe`: the tag does not fit the text
+            kind = tag[len(_TAG):]
+            self.fail(node, path, f"{_quoted(text)} is not a valid {kind} (explicit tag !!{kind})")
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(node, path, f"{_quoted(text)} is not a finite number; NaN and infinity are not allowed")
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= INT_LIMIT:
+            self.fail(node, path, f"integer {_quoted(text)} does not fit in 64 bits")
+            return None
+        return value
+
+    def key(self, node: Node, path: PathKey) -> Any:
+        if not isinstance(node, ScalarNode):
+            self.fail(node, path, "mapping keys must be plain scalars")
+            return None
+        if node.tag not in (_STR, _INT, _FLOAT, _BOOL, _NULL):
+            self.fail(node, path, f"tag {_quoted(node.tag)} on a key is not allowed; keys are plain strings")
+            return None
+        key = self.scalar(node, path)
+        return str(key) if key is None else key
+
+    def mapping(self, node: MappingNode, path: PathKey, depth: int) -> dict:
+        out: dict = {}
+        first_seen: dict = {}
+        merges = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                merges.append(value_node)
+                continue
+            n_problems = len(self.problems)
+            key = self.key(key_node, path)
+            if len(self.problems) > n_problems:
+                continue
+            if key in out:
+                line, _ = first_seen[key]
+                self.fail(key_node, path + (key,), f"duplicate key {_quoted(str(key))} (first defined on line {line}); "
+                                                   "YAML would silently keep only the last value")
+                continue
+            first_seen[key] = self.place(key_node.start_mark)
+            self.doc.positions.setdefault(path + (key,), first_seen[key])
+            out[key] = self.build(value_node, path + (key,), depth + 1)
+        # `<<: *base` / `<<: [*a, *b]`: keys written here win, then earlier merged mappings over later ones.
+        for value_node in merges:
+            sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+            if not all(isinstance(s, MappingNode) for s in sources):
+                self.fail(value_node, path + ("<<",), "a merge key '<<' takes a mapping or a list of mappings "
+                                                      "(usually an alias such as *defaults)")
+                continue
+            for source in sources:
+                merged = self.mapping(source, path, depth + 1)
+                self.values += len(merged)
+                for key, value in merged.items():
+                    out.setdefault(key, value)
+        return out
 
 
 def parse_yaml(text: str, display: str, line_offset: int = 0, column_offset: int = 0) -> Document:
@@ -116,7 +279,14 @@ def parse_yaml(text: str, display: str, line_offset: int = 0, column_offset: int
         col = mark.column + 1 + (column_offset if mark.line == 0 else 0)
         return mark.line + 1 + line_offset, col
 
-    loader = yaml.SafeLoader(text)
+    bad = CONTROL_RE.search(text)
+    if bad:  # libyaml would stop at it with only an offset; say where and what
+        line = text.count("\n", 0, bad.start())
+        column = bad.start() - (text.rfind("\n", 0, bad.start()) + 1)
+        raise YamlProblems([Problem(display, line + 1 + line_offset, column + 1 + (column_offset if line == 0 else 0),
+                                    "$", _control_message(bad.group(), "in the file"))])
+
+    loader = _Loader(text)
     try:
         try:
             root = loader.get_single_node()
@@ -126,65 +296,19 @@ def parse_yaml(text: str, display: str, line_offset: int = 0, column_offset: int
             raise YamlProblems([Problem(display, line, column, "$", _describe_yaml_error(exc, text, mark))]) from None
         except yaml.YAMLError as exc:
             raise YamlProblems([Problem(display, line_offset + 1, 1, "$", f"YAML error: {exc}")]) from None
+        except RecursionError:  # only the pure-Python composer recurses; libyaml stops at 1,000 levels
+            raise YamlProblems([Problem(display, line_offset + 1, 1, "$", "document nests too deeply")]) from None
         if root is None:
             raise YamlProblems([Problem(display, line_offset + 1, 1, "$", "file is empty: expected a YAML mapping")])
 
         doc = Document(file=display, data=None, text=text)
-        problems: list[Problem] = []
-        budget = _Budget()
-
-        def build(node: Node, path: PathKey, depth: int) -> Any:
-            budget.values += 1
-            if budget.values > MAX_VALUES:
-                raise YamlProblems(
-                    [Problem(display, *place(node.start_mark), format_path(path),
-                             f"document expands to more than {MAX_VALUES:,} values (alias bomb?); "
-                             "aliases may not multiply the document's size")]
-                )
-            if depth > MAX_DEPTH:
-                raise YamlProblems(
-                    [Problem(display, *place(node.start_mark), format_path(path),
-                             f"nesting deeper than {MAX_DEPTH} levels (recursive alias?)")]
-                )
-            doc.positions.setdefault(path, place(node.start_mark))
-            if isinstance(node, ScalarNode):
-                try:
-                    return loader.construct_object(node)
-                except ConstructorError as exc:
-                    problems.append(Problem(display, *place(node.start_mark), format_path(path), str(exc.problem)))
-                    return None
-            if isinstance(node, SequenceNode):
-                return [build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
-            if isinstance(node, MappingNode):
-                loader.flatten_mapping(node)  # resolve `<<` merge keys
-                out: dict = {}
-                first_seen: dict = {}
-                for key_node, value_node in node.value:
-                    if not isinstance(key_node, ScalarNode):
-                        problems.append(Problem(display, *place(key_node.start_mark), format_path(path),
-                                                "mapping keys must be plain scalars"))
-                        continue
-                    key = loader.construct_object(key_node)
-                    if not isinstance(key, (str, int, float, bool)) or key is None:
-                        key = str(key)
-                    if key in out:
-                        line, _ = first_seen[key]
-                        problems.append(Problem(display, *place(key_node.start_mark), format_path(path + (key,)),
-                                                f"duplicate key {key!r} (first defined on line {line}); "
-                                                "YAML would silently keep only the last value"))
-                        continue
-                    first_seen[key] = place(key_node.start_mark)
-                    doc.positions[path + (key,)] = place(key_node.start_mark)
-                    out[key] = build(value_node, path + (key,), depth + 1)
-                return out
-            raise YamlProblems([Problem(display, *place(node.start_mark), format_path(path), "unsupported YAML node")])
-
+        builder = _Builder(loader, doc, place)
         try:
-            doc.data = build(root, (), 0)
+            doc.data = builder.build(root, (), 0)
         except RecursionError:
             raise YamlProblems([Problem(display, line_offset + 1, 1, "$", "document nests too deeply")]) from None
-        if problems:
-            raise YamlProblems(problems)
+        if builder.problems:
+            raise YamlProblems(builder.problems)
         return doc
     finally:
         loader.dispose()
