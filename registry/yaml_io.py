@@ -159,6 +159,11 @@ def read_text(path: Path, display: str) -> str:
         ) from None
 
 
+def _tag(tag: str) -> str:
+    """A tag as it was written: ``!!python/tuple`` rather than ``tag:yaml.org,2002:python/tuple``."""
+    return _quoted("!!" + tag[len(_TAG):] if tag.startswith(_TAG) else tag)
+
+
 def _control_message(char: str, where: str) -> str:
     kind = "lone surrogate" if "\ud800" <= char <= "\udfff" else "control character"
     return f"{kind} U+{ord(char):04X} {where}; index files hold printable text only"
@@ -188,7 +193,7 @@ class _Builder:
         if isinstance(node, ScalarNode):
             return self.scalar(node, path)
         if node.tag not in (_SEQ, _MAP):
-            self.fail(node, path, f"tag {_quoted(node.tag)} is not allowed; index files hold plain YAML "
+            self.fail(node, path, f"tag {_tag(node.tag)} is not allowed; index files hold plain YAML "
                                   "mappings, lists, strings, numbers and booleans")
             return None
         if isinstance(node, SequenceNode):
@@ -204,7 +209,7 @@ class _Builder:
                 return None
             return text
         if tag not in (_INT, _FLOAT, _BOOL, _NULL):
-            self.fail(node, path, f"tag {_quoted(tag)} is not allowed; index files hold plain YAML "
+            self.fail(node, path, f"tag {_tag(tag)} is not allowed; index files hold plain YAML "
                                   "strings, numbers and booleans")
             return None
         if tag in (_INT, _FLOAT) and len(text) > MAX_NUMBER_CHARS:
@@ -230,7 +235,7 @@ class _Builder:
             self.fail(node, path, "mapping keys must be plain scalars")
             return None
         if node.tag not in (_STR, _INT, _FLOAT, _BOOL, _NULL):
-            self.fail(node, path, f"tag {_quoted(node.tag)} on a key is not allowed; keys are plain strings")
+            self.fail(node, path, f"tag {_tag(node.tag)} on a key is not allowed; keys are plain strings")
             return None
         key = self.scalar(node, path)
         return str(key) if key is None else key
