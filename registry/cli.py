@@ -15,7 +15,6 @@ import yaml
 from . import index as index_mod
 from . import pin
 from .errors import IndexValidationError, Problem, UnknownModelError
-from .table import COLUMNS, entry_dict, models_frame
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
 MODEL_FORMATS = ("onnx", "hf-repo")
@@ -63,6 +62,8 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from .table import COLUMNS, models_frame  # pandas: imported only by the commands that need it
+
     frame = models_frame(_load(args))
     if args.format == "json":
         print(frame.to_json(orient="records", indent=2))
@@ -75,6 +76,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from .table import entry_dict
+
     entry = _load(args).get(args.id)
     data = entry_dict(entry)
     if args.format == "json":

@@ -3,6 +3,11 @@
 The schema is the one definition of an index entry: its fields, allowed values and
 defaults (the ``default`` annotations, which ``build.py`` reads). What a model must
 have once it has inherited its collection's fields is ``$defs/resolvedModel``.
+
+Two validators from one schema: fastjsonschema compiles it to Python code that says *whether* a
+document is valid about 30x faster than jsonschema; only a document it finds invalid is walked
+again by jsonschema, whose errors say where and why. The fast path is used only while the schema
+keeps to keywords both read alike (``FAST_KEYWORDS``), with the same anchored regular expressions.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
+import fastjsonschema
 from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
 
@@ -48,6 +54,54 @@ def _pattern(validator, pattern: str, instance, schema):
 
 _Validator = validators.extend(Draft202012Validator, {"pattern": _pattern})
 
+# Keywords that fastjsonschema (draft-07 semantics) and jsonschema (2020-12) read the same way.
+FAST_KEYWORDS = frozenset({
+    "$schema", "$id", "$defs", "$ref", "$comment", "title", "description", "examples", "type", "properties",
+    "additionalProperties", "required", "minProperties", "maxProperties", "items", "oneOf", "anyOf", "allOf", "not",
+    "enum", "const", "pattern", "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum",
+    "exclusiveMaximum", "minItems", "maxItems", "uniqueItems", "default",
+})
+
+
+def schema_keywords(schema) -> set[str]:
+    """Every keyword a schema uses (property names and $defs names are not keywords)."""
+    found: set[str] = set()
+
+    def walk(node) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                found.add(key)
+                if key in ("properties", "$defs"):
+                    for sub in value.values():
+                        walk(sub)
+                elif key not in ("enum", "const", "examples", "required"):
+                    walk(value)
+
+    walk(schema)
+    return found
+
+
+def _fast_schema(node):
+    """The schema for fastjsonschema: same anchored patterns, no $schema (it knows drafts up to 07 by URI)."""
+    if isinstance(node, list):
+        return [_fast_schema(item) for item in node]
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "$schema":
+                continue
+            if key == "pattern" and isinstance(value, str):
+                out[key] = _anchored(value).pattern
+            elif key in ("properties", "$defs"):
+                out[key] = {name: _fast_schema(sub) for name, sub in value.items()}
+            else:
+                out[key] = _fast_schema(value)
+        return out
+    return node
+
 
 @lru_cache(maxsize=4)
 def _validators(path: str | None = None) -> tuple[Draft202012Validator, Draft202012Validator]:
@@ -65,6 +119,35 @@ def _validators(path: str | None = None) -> tuple[Draft202012Validator, Draft202
 def _resolved_validator(path: str | None = None) -> Draft202012Validator:
     schema = load_schema(path)
     return _Validator({"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/resolvedModel"})
+
+
+@lru_cache(maxsize=4)
+def _fast_validators(path: str | None = None) -> dict | None:
+    """Compiled validity checks by root (file, list, resolved), or None when the schema uses a keyword outside
+    FAST_KEYWORDS."""
+    schema = load_schema(path)
+    if not schema_keywords(schema) <= FAST_KEYWORDS:
+        return None
+    defs = _fast_schema(schema["$defs"])
+    compile_ = lambda root: fastjsonschema.compile({"$defs": defs, **root}, use_default=False)
+    return {"file": compile_({"$ref": "#/$defs/indexFile"}),
+            "list": compile_({"type": "array", "items": {"$ref": "#/$defs/model"}}),
+            "resolved": compile_({"$ref": "#/$defs/resolvedModel"})}
+
+
+def is_valid(data, schema_path: str | None = None, root: str | None = None) -> bool | None:
+    """Whether ``data`` passes the schema by the fast path; None when the fast path is off for this schema.
+
+    ``root``: "file" or "list" (default: by the type of ``data``), or "resolved" for a model after inheritance.
+    """
+    fast = _fast_validators(schema_path)
+    if fast is None or (root is None and not isinstance(data, (dict, list))):
+        return None
+    try:
+        fast[root or ("list" if isinstance(data, list) else "file")](data)
+    except fastjsonschema.JsonSchemaException:
+        return False
+    return True
 
 
 def _type_name(value) -> str:
@@ -129,6 +212,8 @@ def _message(error: ValidationError, described: str | None = None) -> str:
 
 def schema_problems(doc: Document, schema_path: str | None = None) -> list[Problem]:
     """Every schema problem of one document, located in its file."""
+    if is_valid(doc.data, schema_path):
+        return []
     file_validator, list_validator = _validators(schema_path)
     if isinstance(doc.data, list):
         validator = list_validator
@@ -161,7 +246,7 @@ def resolved_problems(items: Iterable, schema_path: str | None = None) -> list[P
     validator = _resolved_validator(schema_path)
     out: list[Problem] = []
     for item in items:
-        if isinstance(item.data, dict):
+        if isinstance(item.data, dict) and not is_valid(item.data, schema_path, "resolved"):
             for error in validator.iter_errors(item.data):
                 out.append(item.problem(_where(error),
                                         f"{_message(error)} (neither the model nor its collection gives it)"))

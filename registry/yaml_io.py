@@ -34,6 +34,7 @@ from .errors import Problem
 MAX_FILE_BYTES = 1 << 20  # an index file is a few KiB; a MiB is already suspicious
 MAX_VALUES = 100_000  # values built per document, aliases counted each time they are used
 MAX_DEPTH = 64
+SHALLOW_DEPTH = 3  # positions kept while reading: files, items, their fields; deeper ones found on demand
 MAX_NUMBER_CHARS = 40  # longer int/float literals are refused before conversion (int() is quadratic)
 INT_LIMIT = 1 << 63  # counts in an index fit in 64 bits
 
@@ -77,10 +78,16 @@ class Document:
     positions: dict[PathKey, tuple[int, int]] = field(default_factory=dict)
     is_markdown: bool = False
     text: str = ""
+    offsets: tuple[int, int] = (0, 0)  # line and column of ``text`` in the file (markdown blocks)
+    complete: bool = True  # False: ``positions`` holds paths up to SHALLOW_DEPTH only
 
     def locate(self, path: PathKey) -> tuple[int, int]:
         """Line/column of ``path``, or of its nearest located ancestor."""
         path = tuple(path)
+        if not self.complete and len(path) > SHALLOW_DEPTH:
+            # A deep path is only asked for to report a problem: read the text again, keeping every position.
+            self.positions = parse_yaml(self.text, self.file, *self.offsets, all_positions=True).positions
+            self.complete = True
         while path:
             if path in self.positions:
                 return self.positions[path]
@@ -170,12 +177,18 @@ def _control_message(char: str, where: str) -> str:
 
 
 class _Builder:
-    """Python values from a composed node graph, with positions, bounded and strict."""
+    """Python values from a composed node graph, with positions, bounded and strict.
 
-    def __init__(self, loader: Any, doc: Document, place) -> None:
+    Its loop is the hot path of validating a large index: plain strings take a short cut, equal
+    strings are stored once, and positions deeper than ``record_depth`` are not kept.
+    """
+
+    def __init__(self, loader: Any, doc: Document, place, record_depth: int) -> None:
         self.loader, self.doc, self.place = loader, doc, place
+        self.record_depth = record_depth
         self.problems: list[Problem] = []
         self.values = 0
+        self.strings: dict[str, str] = {}
 
     def fail(self, node: Node, path: PathKey, message: str) -> None:
         self.problems.append(Problem(self.doc.file, *self.place(node.start_mark), format_path(path), message))
@@ -189,14 +202,18 @@ class _Builder:
         if depth > MAX_DEPTH:
             raise YamlProblems([Problem(self.doc.file, *self.place(node.start_mark), format_path(path),
                                         f"nesting deeper than {MAX_DEPTH} levels (recursive alias?)")])
-        self.doc.positions.setdefault(path, self.place(node.start_mark))
-        if isinstance(node, ScalarNode):
+        if len(path) <= self.record_depth and path not in self.doc.positions:
+            self.doc.positions[path] = self.place(node.start_mark)
+        cls = node.__class__
+        if cls is ScalarNode:
+            if node.tag == _STR and node.style != '"':  # only a double-quoted string can hold an escape
+                return self.strings.setdefault(node.value, node.value)
             return self.scalar(node, path)
         if node.tag not in (_SEQ, _MAP):
             self.fail(node, path, f"tag {_tag(node.tag)} is not allowed; index files hold plain YAML "
                                   "mappings, lists, strings, numbers and booleans")
             return None
-        if isinstance(node, SequenceNode):
+        if cls is SequenceNode:
             return [self.build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
         return self.mapping(node, path, depth)
 
@@ -207,7 +224,7 @@ class _Builder:
             if bad:
                 self.fail(node, path, _control_message(bad.group(), "in a string (written as an escape?)"))
                 return None
-            return text
+            return self.strings.setdefault(text, text)
         if tag not in (_INT, _FLOAT, _BOOL, _NULL):
             self.fail(node, path, f"tag {_tag(tag)} is not allowed; index files hold plain YAML "
                                   "strings, numbers and booleans")
@@ -244,22 +261,30 @@ class _Builder:
         out: dict = {}
         first_seen: dict = {}
         merges = []
+        record = len(path) < self.record_depth
+        positions = self.doc.positions
         for key_node, value_node in node.value:
-            if key_node.tag == _MERGE:
+            tag = key_node.tag
+            if tag == _STR and key_node.__class__ is ScalarNode and key_node.style != '"':
+                key = self.strings.setdefault(key_node.value, key_node.value)
+            elif tag == _MERGE:
                 merges.append(value_node)
                 continue
-            n_problems = len(self.problems)
-            key = self.key(key_node, path)
-            if len(self.problems) > n_problems:
-                continue
+            else:
+                n_problems = len(self.problems)
+                key = self.key(key_node, path)
+                if len(self.problems) > n_problems:
+                    continue
             if key in out:
-                line, _ = first_seen[key]
+                line, _ = self.place(first_seen[key])
                 self.fail(key_node, path + (key,), f"duplicate key {_quoted(str(key))} (first defined on line {line}); "
                                                    "YAML would silently keep only the last value")
                 continue
-            first_seen[key] = self.place(key_node.start_mark)
-            self.doc.positions.setdefault(path + (key,), first_seen[key])
-            out[key] = self.build(value_node, path + (key,), depth + 1)
+            mark = first_seen[key] = key_node.start_mark
+            child = path + (key,)
+            if record and child not in positions:
+                positions[child] = self.place(mark)
+            out[key] = self.build(value_node, child, depth + 1)
         # `<<: *base` / `<<: [*a, *b]`: keys written here win, then earlier merged mappings over later ones.
         for value_node in merges:
             sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
@@ -275,8 +300,13 @@ class _Builder:
         return out
 
 
-def parse_yaml(text: str, display: str, line_offset: int = 0, column_offset: int = 0) -> Document:
-    """Parse one YAML document from ``text``; positions are 1-based and shifted by the offsets."""
+def parse_yaml(text: str, display: str, line_offset: int = 0, column_offset: int = 0, *,
+               all_positions: bool = False) -> Document:
+    """Parse one YAML document from ``text``; positions are 1-based and shifted by the offsets.
+
+    Positions are kept down to SHALLOW_DEPTH unless ``all_positions``; ``Document.locate`` reads the
+    text again for a deeper one.
+    """
     if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
         raise YamlProblems([Problem(display, line_offset + 1, 1, "$", "file is empty: expected a YAML mapping")])
 
@@ -306,8 +336,9 @@ def parse_yaml(text: str, display: str, line_offset: int = 0, column_offset: int
         if root is None:
             raise YamlProblems([Problem(display, line_offset + 1, 1, "$", "file is empty: expected a YAML mapping")])
 
-        doc = Document(file=display, data=None, text=text)
-        builder = _Builder(loader, doc, place)
+        doc = Document(file=display, data=None, text=text, offsets=(line_offset, column_offset),
+                       complete=all_positions)
+        builder = _Builder(loader, doc, place, MAX_DEPTH + 1 if all_positions else SHALLOW_DEPTH)
         try:
             doc.data = builder.build(root, (), 0)
         except RecursionError:
