@@ -49,10 +49,13 @@ def _check_range(item, where, value, problems, *, low=None, high=None, low_open=
         problems.append(item.problem(where, f"{what} {value!r} is out of range {rng}{unit}"))
 
 
+_SPACE_RE = re.compile(r"\s")
+
+
 def url_problem(url: str) -> str | None:
     """Why ``url`` is not an https URL to a named host, or None. Parsed, not prefix-matched."""
     shown = ascii(url if len(url) <= 80 else url[:77] + "...")
-    if any(c.isspace() for c in url):
+    if _SPACE_RE.search(url):
         return f"URL {shown} contains white space"
     try:
         parts = urlsplit(url)

@@ -176,6 +176,28 @@ def _control_message(char: str, where: str) -> str:
     return f"{kind} U+{ord(char):04X} {where}; index files hold printable text only"
 
 
+_PLAIN_TAGS: dict[str, str] = {}  # plain scalar text -> implicit tag; an index repeats its values a lot
+
+
+def _loader_class(base: type) -> type:
+    """``base`` with a memoised resolver: libyaml calls back into Python's resolver for every scalar."""
+
+    class Loader(base):  # type: ignore[misc, valid-type]
+        def resolve(self, kind, value, implicit):
+            if kind is not ScalarNode:
+                return _SEQ if kind is SequenceNode else _MAP
+            if not implicit[0]:  # quoted: a string
+                return _STR
+            tag = _PLAIN_TAGS.get(value)
+            if tag is None:
+                if len(_PLAIN_TAGS) > 100_000:
+                    _PLAIN_TAGS.clear()
+                tag = _PLAIN_TAGS[value] = super().resolve(kind, value, implicit)
+            return tag
+
+    return Loader
+
+
 class _Builder:
     """Python values from a composed node graph, with positions, bounded and strict.
 
@@ -229,6 +251,9 @@ class _Builder:
             self.fail(node, path, f"tag {_tag(tag)} is not allowed; index files hold plain YAML "
                                   "strings, numbers and booleans")
             return None
+        if tag == _INT and text.isdigit() and text.isascii() and (text[0] != "0" or text == "0") \
+                and len(text) <= 18:  # plain decimal, the common case (a leading 0 is octal in YAML 1.1)
+            return int(text)
         if tag in (_INT, _FLOAT) and len(text) > MAX_NUMBER_CHARS:
             self.fail(node, path, f"number {_quoted(text[:20])}... is {len(text):,} characters long; "
                                   f"numbers in an index are at most {MAX_NUMBER_CHARS}")
@@ -321,7 +346,7 @@ def parse_yaml(text: str, display: str, line_offset: int = 0, column_offset: int
         raise YamlProblems([Problem(display, line + 1 + line_offset, column + 1 + (column_offset if line == 0 else 0),
                                     "$", _control_message(bad.group(), "in the file"))])
 
-    loader = _Loader(text)
+    loader = _loader_class(_Loader)(text)
     try:
         try:
             root = loader.get_single_node()

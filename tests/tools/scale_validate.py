@@ -60,10 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         result = subprocess.run([sys.executable, "-m", "registry.cli", "validate", str(index)],
                                 capture_output=True, text=True)
         elapsed = time.perf_counter() - start
-        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB on Linux
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # ru_maxrss: KiB on Linux
         print(result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr.strip()[-2000:])
         print(f"validate: {args.models:,} models in {args.files} files: {elapsed:.2f} s wall, "
-              f"peak RSS {peak_kib / 1024:.0f} MiB (exit {result.returncode}); target < 10 s and < 300 MB")
+              f"{usage.ru_utime + usage.ru_stime:.2f} s CPU, peak RSS {usage.ru_maxrss / 1024:.0f} MiB "
+              f"(exit {result.returncode}); target < 10 s and < 300 MB")
         return result.returncode
     finally:
         if args.keep is None:
