@@ -31,7 +31,6 @@ from typing import Any, Iterable, Mapping
 
 import jinja2
 import yaml
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
 import model_index
@@ -43,6 +42,7 @@ from ..results_schema import latest_per_key
 from ..safe_files import atomic_write
 from ..sources import display_path
 from .block import model_index_block
+from .bounded import BoundedSandbox, RenderLimitError, render_limits, template_line
 from .figures import ModelSummary, fmt_bytes, fmt_giga, fmt_number, fmt_percent, summarize
 from .markup import inline_code, math_markup, md_finalize, pre_block, safe_link, safe_url, sanitize_prose
 from .plots import Plot, png_fingerprint, throughput_by_batch, top1_vs_gmacs
@@ -267,22 +267,6 @@ class Site:
 # Collection pages: the untrusted template
 # ---------------------------------------------------------------------------
 
-class _PageSandbox(ImmutableSandboxedEnvironment):
-    """Jinja's sandbox (no private attributes, no mutation), plus no ``'x' * 10**9``-style blow-ups."""
-
-    intercepted_binops = frozenset({"*", "**"})
-    MAX_REPEAT = 10_000
-
-    def call_binop(self, context, operator, left, right):
-        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 1_000:
-            raise jinja2.exceptions.SecurityError("exponent too large in a collection page")
-        if operator == "*":
-            for seq, count in ((left, right), (right, left)):
-                if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and count > self.MAX_REPEAT:
-                    raise jinja2.exceptions.SecurityError("repetition too large in a collection page")
-        return super().call_binop(context, operator, left, right)
-
-
 def _readme_path(readme: str, index_root: Path) -> Path:
     """The collection's page. Its path is relative to the working folder at load time; if that has
     changed since, find the same file under the index's folder."""
@@ -346,15 +330,20 @@ def render_collection_page(site: Site, collection: CollectionEntry, env: jinja2.
     if models and "collection_summary.md" not in included:
         source = source.rstrip() + "\n\n" + hold(env.get_template("collection_summary.md").render(context)) + "\n"
 
-    sandbox = _PageSandbox(undefined=jinja2.ChainableUndefined, keep_trailing_newline=True)
+    sandbox = BoundedSandbox(undefined=jinja2.ChainableUndefined, keep_trailing_newline=True)
     try:
-        text = sandbox.from_string(source).render(collection=collection, models=models)
+        template = sandbox.from_string(source)
+        with render_limits():
+            text = template.render(collection=collection, models=models)
     except jinja2.TemplateSyntaxError as exc:
         raise DocsError(f"{where}:{exc.lineno}: template syntax error: {exc.message}") from None
-    except jinja2.TemplateError as exc:
-        raise DocsError(f"{where}: cannot render the collection page: {exc}") from None
-    except RecursionError:
-        raise DocsError(f"{where}: cannot render the collection page: template recursion") from None
+    except (jinja2.TemplateError, RecursionError, MemoryError, ArithmeticError, ValueError, TypeError) as exc:
+        # Line numbers count in the page after its comments were dropped and includes expanded on one line
+        # each: the same lines as the file as long as the page's prose comes before its model-index block.
+        line = template_line(exc)
+        reason = {RecursionError: "template recursion", MemoryError: "rendering ran out of its memory budget"}.get(
+            type(exc), str(exc) if isinstance(exc, (jinja2.TemplateError, RenderLimitError)) else f"{type(exc).__name__}: {exc}")
+        raise DocsError(f"{where}{f':{line}' if line else ''}: cannot render the collection page: {reason}") from None
 
     text = sanitize_prose(text, stash=hold)
     placeholder = re.compile(f"ccheld{nonce}n(\\d+)x")
