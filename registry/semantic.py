@@ -26,6 +26,11 @@ def _get(mapping: Any, *keys: str) -> Any:
     return mapping
 
 
+def _items(value: Any) -> list:
+    """A list as it is, anything else as no items: the schema reports the wrong type, these checks skip it."""
+    return value if isinstance(value, list) else []
+
+
 def _number(value: Any, convert: Callable = to_number):
     """The value as a number, or None (the schema already reported a malformed one)."""
     if value is None:
@@ -105,7 +110,7 @@ def check_model(item: RawItem) -> list[Problem]:
     for key in ("LR", "Weight Decay"):
         _check_range(item, ("Metadata", key), meta.get(key), problems, low=0, what=key)
 
-    for i, result in enumerate(raw.get("Results") or []):
+    for i, result in enumerate(_items(raw.get("Results"))):
         metrics = _get(result, "Metrics") or {}
         if isinstance(metrics, dict):
             for metric, value in metrics.items():
@@ -116,7 +121,7 @@ def check_model(item: RawItem) -> list[Problem]:
     for where in (("Code",), ("Weights",)):
         _check_https(item, where, _get(raw, *where), problems)
     _check_paper(item, problems)
-    for i, erratum in enumerate(raw.get("Errata") or []):
+    for i, erratum in enumerate(_items(raw.get("Errata"))):
         _check_https(item, ("Errata", i, "Source"), _get(erratum, "Source"), problems)
         field = _get(erratum, "Field")
         if isinstance(field, str) and _get(raw, *field.split(".")) is None:
@@ -140,9 +145,9 @@ def check_model(item: RawItem) -> list[Problem]:
                 f"{expected:,} bytes (allowed {FILE_SIZE_TOLERANCE:.0%} apart, found {abs(size - expected) / expected:.1%})"))
 
     data = raw.get("Data Config") if isinstance(raw.get("Data Config"), dict) else {}
-    for i, value in enumerate(data.get("Std") or []):
+    for i, value in enumerate(_items(data.get("Std"))):
         _check_range(item, ("Data Config", "Std", i), value, problems, low=0, low_open=True, what="Std")
-    for i, value in enumerate(data.get("Mean") or []):
+    for i, value in enumerate(_items(data.get("Mean"))):
         _check_range(item, ("Data Config", "Mean", i), value, problems, low=0, high=1, what="Mean")
     _check_range(item, ("Data Config", "Num Classes"), data.get("Num Classes"), problems, low=0, low_open=True, what="Num Classes")
 
