@@ -1,0 +1,61 @@
+"""Validating a large generated index (issue 13.5): correct results and locations on the fast path.
+
+Time and memory are measured by ``tests/tools/scale_validate.py``, not here (no timed unit tests).
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from registry import index as index_mod
+from registry.cli import main
+from test_registry_validation import line_of
+
+_spec = importlib.util.spec_from_file_location("scale_validate", Path(__file__).parent / "tools" / "scale_validate.py")
+scale_validate = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(scale_validate)
+
+
+@pytest.fixture(scope="module")
+def big_index(tmp_path_factory):
+    return scale_validate.generate(tmp_path_factory.mktemp("scale"), models=60, files=4)
+
+
+def test_generated_index_is_valid(capsys, big_index):
+    assert main(["validate", str(big_index)]) == 0
+    assert "60 models" in capsys.readouterr().out
+
+
+def test_deep_problem_is_located_in_a_large_file(capsys, big_index, tmp_path):
+    part = big_index.parent / "models" / "part002.yml"
+    original = part.read_text()
+    try:
+        # The 7th model's 4th stage: a path past the depth whose positions are kept while reading.
+        lines = original.splitlines(keepends=True)
+        starts = [i for i, ln in enumerate(lines) if ln.startswith("  - Name:")]
+        stage_lines = [i for i in range(starts[6], starts[7]) if lines[i].lstrip().startswith("- {Block:")]
+        target = stage_lines[3]
+        lines[target] = lines[target].replace("Kernel: 3,", "Kernel: 4,").replace("Kernel: 5,", "Kernel: 4,")
+        lines[starts[8] + 1] = lines[starts[8] + 1].replace("ID: v", "ID: w")
+        part.write_text("".join(lines))
+        assert main(["validate", str(big_index)]) == 1
+        out = capsys.readouterr().out
+        assert f"part002.yml:{target + 1}:" in out and "kernel size 4 must be odd" in out
+        assert f"part002.yml:{starts[8] + 2}:" in out and "must equal Name" in out
+        assert f"$.Models[6]['Architecture Config'].Stages[3].Kernel" in out
+    finally:
+        part.write_text(original)
+
+
+def test_validating_an_imported_file_reads_each_file_once(monkeypatch, big_index):
+    from registry import sources
+
+    reads: list[str] = []
+    real = sources.read_text
+    monkeypatch.setattr(sources, "read_text", lambda path, display: reads.append(str(Path(path).resolve())) or real(path, display))
+    part = big_index.parent / "models" / "part001.yml"
+    found, problems = index_mod.check(part)
+    assert not problems and len(found.models) == 15
+    assert len(reads) == len(set(reads)) == 6  # root, collection page, 4 parts
