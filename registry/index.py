@@ -62,7 +62,11 @@ ROOT_NAMES = ("model-index.yml", "model-index.yaml")
 
 
 def _enclosing_sources(path: Path) -> IndexSources | None:
-    """The sources of the root index that imports ``path``, read once (they are then checked as they are)."""
+    """The sources of the nearest root index above ``path``, if it imports ``path``; read once.
+
+    Only the nearest root is read: an index folder holds one index, and a root further up is
+    outside what the user named.
+    """
     path = resolve(path)
     if isinstance(path, str) or path.is_dir() or path.name in ROOT_NAMES:
         return None
@@ -71,8 +75,7 @@ def _enclosing_sources(path: Path) -> IndexSources | None:
             candidate = folder / name
             if candidate.is_file():
                 sources = collect(candidate)
-                if any(Path(d.file).resolve() == path for d in sources.documents):
-                    return sources
+                return sources if any(Path(d.file).resolve() == path for d in sources.documents) else None
     return None
 
 
