@@ -18,6 +18,8 @@ positions are shifted so they point into the page.
 """
 from __future__ import annotations
 
+import errno
+import functools
 import math
 import os
 import re
@@ -148,7 +150,7 @@ def read_bytes(path: Path, display: str, limit: int = MAX_FILE_BYTES) -> bytes:
 def _os_reason(exc: Exception) -> str:
     if isinstance(exc, ValueError):
         return "the path contains a NUL character"
-    if getattr(exc, "errno", None) == 40:  # ELOOP
+    if getattr(exc, "errno", None) == errno.ELOOP:
         return "too many levels of symbolic links (a symlink loop?)"
     return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)
 
@@ -179,6 +181,7 @@ def _control_message(char: str, where: str) -> str:
 _PLAIN_TAGS: dict[str, str] = {}  # plain scalar text -> implicit tag; an index repeats its values a lot
 
 
+@functools.lru_cache(maxsize=None)
 def _loader_class(base: type) -> type:
     """``base`` with a memoised resolver: libyaml calls back into Python's resolver for every scalar."""
 

@@ -11,7 +11,6 @@ import pytest
 
 from registry import index as index_mod
 from registry.cli import main
-from test_registry_validation import line_of
 
 _spec = importlib.util.spec_from_file_location("scale_validate", Path(__file__).parent / "tools" / "scale_validate.py")
 scale_validate = importlib.util.module_from_spec(_spec)
@@ -44,7 +43,7 @@ def test_deep_problem_is_located_in_a_large_file(capsys, big_index, tmp_path):
         out = capsys.readouterr().out
         assert f"part002.yml:{target + 1}:" in out and "kernel size 4 must be odd" in out
         assert f"part002.yml:{starts[8] + 2}:" in out and "must equal Name" in out
-        assert f"$.Models[6]['Architecture Config'].Stages[3].Kernel" in out
+        assert "$.Models[6]['Architecture Config'].Stages[3].Kernel" in out
     finally:
         part.write_text(original)
 
