@@ -26,7 +26,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -388,19 +388,45 @@ def _describe_yaml_error(exc: yaml.MarkedYAMLError, text: str, mark) -> str:
     return msg
 
 
-_COMMENT_RE = re.compile(r"<!--(.*?)-->", re.S)
-_TYPE_RE = re.compile(r"^\s*type\s*:\s*['\"]?model-?index['\"]?\s*$", re.I | re.M)
+def html_comments(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of the body of each ``<!-- ... -->`` in ``text``.
+
+    A linear scan: the regular expression ``<!--(.*?)-->`` is quadratic on a page of unclosed
+    ``<!--`` (a 1 MiB page would take hours).
+    """
+    position = 0
+    while True:
+        start = text.find("<!--", position)
+        if start < 0:
+            return
+        end = text.find("-->", start + 4)
+        if end < 0:
+            return  # unclosed: not a comment, and no later one can close either
+        yield start + 4, end
+        position = end + 3
+
+
+def strip_html_comments(text: str) -> str:
+    out, position = [], 0
+    for start, end in html_comments(text):
+        out.append(text[position:start - 4])
+        position = end + 3
+    out.append(text[position:])
+    return "".join(out)
+# [ \t] rather than \s: with re.M, `^\s*` would rescan every following blank line from each line (quadratic).
+_TYPE_RE = re.compile(r"^[ \t]*type[ \t]*:[ \t]*['\"]?model-?index['\"]?[ \t]*\r?$", re.I | re.M)
 
 
 def markdown_blocks(text: str, display: str) -> list[Document]:
     """The ``<!-- Type: model-index ... -->`` blocks of a markdown page, parsed and located."""
     docs: list[Document] = []
-    for match in _COMMENT_RE.finditer(text):
-        body = match.group(1)
+    counted, line_offset = 0, 0  # lines counted incrementally: a page may hold many blocks
+    for start, end in html_comments(text):
+        body = text[start:end]
         if not _TYPE_RE.search(body):
             continue  # an ordinary HTML comment
-        start = match.start(1)
-        line_offset = text.count("\n", 0, start)
+        line_offset += text.count("\n", counted, start)
+        counted = start
         column_offset = start - (text.rfind("\n", 0, start) + 1)
         try:
             doc = parse_yaml(body, display, line_offset, column_offset)

@@ -206,3 +206,16 @@ def test_cc_bench_reads_the_index_to_the_same_contract(capsys, index_copy):
                        "--results", str(index_copy / "results"), "--no-docs"])
     out = capsys.readouterr()
     assert code == 1 and "Traceback" not in out.err and f"{f.name}:{line_of(f, 'FLOPs')}:" in out.err
+
+
+def test_pathological_markdown_pages_do_not_hang(tmp_path):
+    """Regular expressions that are quadratic on 1 MiB of `<!--` or of blank lines would hang for hours."""
+    unclosed = tmp_path / "unclosed.md"
+    unclosed.write_text("# page\n" + "<!--" * 200_000)
+    blank = tmp_path / "blank.md"
+    blank.write_text("<!--\n" + "\n" * 300_000 + " " * 300_000 + "-->\n")
+    many = tmp_path / "many.md"
+    many.write_text("".join("<!--\nType: model-index\nModels: []\n-->\n" for _ in range(10_000)))
+    result = _validate_process(unclosed, blank, many, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stdout.count("has no '<!-- Type: model-index ... -->' block") == 2

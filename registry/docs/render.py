@@ -41,6 +41,7 @@ from ..index import ModelIndex, default_index
 from ..results_schema import latest_per_key
 from ..safe_files import atomic_write
 from ..sources import display_path
+from ..yaml_io import strip_html_comments
 from .block import model_index_block
 from .bounded import BoundedSandbox, RenderLimitError, render_limits, template_line
 from .figures import ModelSummary, fmt_bytes, fmt_giga, fmt_number, fmt_percent, summarize
@@ -57,7 +58,6 @@ DEFAULT_COLLECTION_TEMPLATE = "collection_default.md"
 
 _INCLUDE_RE = re.compile(
     r"\{%-?\s*include\s+(['\"])([^'\"]+)\1\s*(?:ignore\s+missing\s*)?(?:with(?:out)?\s+context\s*)?-?%\}")
-_COMMENT_RE = re.compile(r"<!--.*?-->", re.S)
 
 
 class DocsError(RegistryError):
@@ -303,7 +303,7 @@ def render_collection_page(site: Site, collection: CollectionEntry, env: jinja2.
     }
     root = site.index.root if site.index.root.is_dir() else site.index.root.parent
     source, where = _page_source(collection, templates_dir, root)
-    source = _COMMENT_RE.sub("", source)  # the old model-index block, and any other HTML comment
+    source = strip_html_comments(source)  # the old model-index block, and any other HTML comment
 
     # Trusted parts are rendered now and held aside under a placeholder nobody can forge.
     nonce = secrets.token_hex(8)
