@@ -83,3 +83,13 @@ def test_limits_are_restored_after_rendering():
                 pass
     assert (resource.getrlimit(resource.RLIMIT_AS), signal.getsignal(signal.SIGALRM)) == before
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_long_blank_runs_in_index_text_render_in_linear_time():
+    """md_escape once used re.sub(r"\\s*\\n\\s*", ...), quadratic on a long run of spaces: minutes for 300 KB."""
+    import subprocess
+    import sys
+
+    code = "from registry.docs.markup import md_escape; print(md_escape(' ' * 300_000 + 'x\\n\\n  y'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "x y"

@@ -43,7 +43,16 @@ def md_escape(value: Any, *, keep_newlines: bool = False) -> Markup:
     text = _MD_ESCAPE_RE.sub(lambda m: _MD_ESCAPES[m.group(0)], text)
     if keep_newlines:
         return Markup(text.replace("\r\n", "\n"))
-    return Markup(re.sub(r"\s*\n\s*", " ", text).strip())
+    return Markup(_one_line(text))
+
+
+def _one_line(text: str) -> str:
+    """``re.sub(r"\s*\n\s*", " ", text).strip()`` in linear time (the pattern is quadratic on long blank runs)."""
+    parts = text.split("\n")
+    if len(parts) == 1:
+        return text.strip()
+    pieces = [parts[0].rstrip(), *(part.strip() for part in parts[1:-1]), parts[-1].lstrip()]
+    return " ".join(piece for piece in pieces if piece).strip()
 
 
 def md_finalize(value: Any) -> Any:
