@@ -47,7 +47,8 @@ def md_escape(value: Any, *, keep_newlines: bool = False) -> Markup:
 
 
 def _one_line(text: str) -> str:
-    """``re.sub(r"\s*\n\s*", " ", text).strip()`` in linear time (the pattern is quadratic on long blank runs)."""
+    """Whitespace runs that hold a newline become one space, then strip; linear in time, where the
+    regular expression ``\\s*\\n\\s*`` is quadratic on long blank runs."""
     parts = text.split("\n")
     if len(parts) == 1:
         return text.strip()
