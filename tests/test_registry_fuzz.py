@@ -29,6 +29,8 @@ from hypothesis import strategies as st
 import model_index
 from registry.cli import main
 
+pytestmark = pytest.mark.slow  # ~15 s on 2 idle cores in all
+
 LONG_RUN = "CC_FUZZ_EXAMPLES" in os.environ
 EXAMPLES = int(os.environ.get("CC_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=not LONG_RUN, database=None,
