@@ -7,6 +7,8 @@ out of the root's folder, no file read twice.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import glob
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -70,6 +72,19 @@ def read_documents(path: Path) -> list[Document]:
                                                                     "in the page; index files hold printable text only")])
         return markdown_blocks(text, display)
     return [parse_yaml(text, display)]
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """No cyclic garbage collection while reading: the values built hold no cycles, and on a large index
+    the collector's repeated passes over millions of new objects took half the time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class _Reader:
@@ -207,5 +222,6 @@ def collect(path: Path) -> IndexSources:
     if path.suffix not in INDEX_SUFFIXES:
         sources.problems.append(Problem(display_path(path), 0, 0, "$", "not an index file: expected .yml, .yaml or .md"))
         return sources
-    _Reader(path.resolve().parent, sources).read(path)
+    with gc_paused():
+        _Reader(path.resolve().parent, sources).read(path)
     return sources
