@@ -58,3 +58,14 @@ def test_validating_an_imported_file_reads_each_file_once(monkeypatch, big_index
     found, problems = index_mod.check(part)
     assert not problems and len(found.models) == 15
     assert len(reads) == len(set(reads)) == 6  # root, collection page, 4 parts
+
+
+def test_fast_schema_path_is_on_for_the_packaged_schema():
+    """fastjsonschema answers only while the schema keeps to keywords it reads as jsonschema does; a new keyword
+    silently sends every document through jsonschema (correct, ~30x slower at scale). Extend FAST_KEYWORDS only
+    after checking fastjsonschema's reading of it (tests/test_registry_fuzz.py compares the two)."""
+    from registry import schema
+
+    extra = schema.schema_keywords(schema.load_schema()) - schema.FAST_KEYWORDS
+    assert not extra, f"schema keywords outside FAST_KEYWORDS: {sorted(extra)}"
+    assert schema.is_valid({"Models": []}) is True and schema.is_valid({"Models": 5}) is False
