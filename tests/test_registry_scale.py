@@ -31,19 +31,18 @@ def test_deep_problem_is_located_in_a_large_file(capsys, big_index, tmp_path):
     part = big_index.parent / "models" / "part002.yml"
     original = part.read_text()
     try:
-        # The 7th model's 4th stage: a path past the depth whose positions are kept while reading.
+        # The 7th model's Top 1 Accuracy: a path past the depth whose positions are kept while reading.
         lines = original.splitlines(keepends=True)
         starts = [i for i, ln in enumerate(lines) if ln.startswith("  - Name:")]
-        stage_lines = [i for i in range(starts[6], starts[7]) if lines[i].lstrip().startswith("- {Block:")]
-        target = stage_lines[3]
-        lines[target] = lines[target].replace("Kernel: 3,", "Kernel: 4,").replace("Kernel: 5,", "Kernel: 4,")
+        target = next(i for i in range(starts[6], starts[7]) if "Top 1 Accuracy:" in lines[i])
+        lines[target] = lines[target].split(":")[0] + ": 177.3%\n"
         lines[starts[8] + 1] = lines[starts[8] + 1].replace("ID: v", "ID: w")
         part.write_text("".join(lines))
         assert main(["validate", str(big_index)]) == 1
         out = capsys.readouterr().out
-        assert f"part002.yml:{target + 1}:" in out and "kernel size 4 must be odd" in out
+        assert f"part002.yml:{target + 1}:" in out and "out of range [0, 100]" in out
         assert f"part002.yml:{starts[8] + 2}:" in out and "must equal Name" in out
-        assert "$.Models[6]['Architecture Config'].Stages[3].Kernel" in out
+        assert "$.Models[6].Results[0].Metrics['Top 1 Accuracy']" in out
     finally:
         part.write_text(original)
 
