@@ -229,3 +229,8 @@ def test_fast_schema_check_agrees_with_jsonschema(data):
     validator = list_validator if isinstance(document, list) else file_validator
     reference = not any(True for _ in validator.iter_errors(document))
     assert fast == reference, document
+    models = document.get("Models") if isinstance(document, dict) else document
+    for model in models if isinstance(models, list) else ():
+        if isinstance(model, dict):  # the check of a model after inheritance
+            resolved = not any(True for _ in schema._resolved_validator().iter_errors(model))
+            assert schema.is_valid(model, root="resolved") == resolved, model
