@@ -407,9 +407,11 @@ def html_comments(text: str) -> Iterator[tuple[int, int]]:
 
 
 def strip_html_comments(text: str) -> str:
+    """``text`` without its HTML comments; each leaves its newlines, so later lines keep their numbers."""
     out, position = [], 0
     for start, end in html_comments(text):
         out.append(text[position:start - 4])
+        out.append("\n" * text.count("\n", start, end))
         position = end + 3
     out.append(text[position:])
     return "".join(out)

@@ -40,6 +40,7 @@ HOSTILE = {
     "doubling through a namespace": ("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}"
                                      "{% endfor %}{{ ns.s | length }}", "memory budget"),
     "format width": ("{{ '{:>999999999}'.format('x') | length }}", "memory budget"),
+    "after a multi-line comment": ("<!-- a note\nover\nthree lines -->\n{{ 'x' | center(10 ** 9) }}", "center"),
 }
 
 
@@ -48,8 +49,8 @@ def test_hostile_template_fails_located_and_bounded(capsys, index_copy, tight, c
     expression, phrase = HOSTILE[case]
     page = index_copy / PAGE
     text = page.read_text()
-    line = text[: text.index(HOOK)].count("\n") + 1
     page.write_text(text.replace(HOOK, expression))
+    line = text[: text.index(HOOK)].count("\n") + 1 + expression.count("\n")
     out = index_copy / "docs"
     start = time.monotonic()
     code = main(["docs", "--index", str(index_copy), "--out", str(out), "--results", str(index_copy / "none")])

@@ -338,8 +338,7 @@ def render_collection_page(site: Site, collection: CollectionEntry, env: jinja2.
     except jinja2.TemplateSyntaxError as exc:
         raise DocsError(f"{where}:{exc.lineno}: template syntax error: {exc.message}") from None
     except (jinja2.TemplateError, RecursionError, MemoryError, ArithmeticError, ValueError, TypeError) as exc:
-        # Line numbers count in the page after its comments were dropped and includes expanded on one line
-        # each: the same lines as the file as long as the page's prose comes before its model-index block.
+        # Comments keep their newlines and includes become one-line placeholders: the page's own line numbers.
         line = template_line(exc)
         reason = {RecursionError: "template recursion", MemoryError: "rendering ran out of its memory budget"}.get(
             type(exc), str(exc) if isinstance(exc, (jinja2.TemplateError, RenderLimitError)) else f"{type(exc).__name__}: {exc}")
