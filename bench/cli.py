@@ -166,9 +166,30 @@ def _run_record(args: argparse.Namespace, index, entries, names, settings, envir
     }
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def apply_cpu_settings(args: argparse.Namespace) -> None:
+    """``--threads`` and, unless ``--no-tune-cpu``, the tuned allocator and denormal flushing
+    (``cc_models.runtime.tune_cpu``): first thing, before any model allocates."""
     import torch
 
+    from cc_models.runtime import tune_cpu
+
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be at least 1")
+    if args.tune_cpu:
+        for note in tune_cpu(args.threads).notes:
+            print(f"{getattr(args, 'prog', 'cc-bench')}: note: {note}", file=sys.stderr)
+    elif args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+
+def add_cpu_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's default)")
+    p.add_argument("--no-tune-cpu", dest="tune_cpu", action="store_false",
+                   help="leave the allocator and denormal handling as the process started (default: glibc malloc "
+                        "tuned, denormals flushed, see cc_models.runtime.tune_cpu; the run record says which)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     import registry
 
     from . import distributed, env as env_mod, report, runner, store
@@ -182,10 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if world > 1 and names != ("accuracy",):
         raise UsageError(f"under torchrun (WORLD_SIZE={world}) only the accuracy check is distributed: use "
                          "`--checks accuracy` (or `-m bench.accuracy`), and run the other checks without torchrun")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError("--threads must be at least 1")
-        torch.set_num_threads(args.threads)
+    apply_cpu_settings(args)
     settings = _settings(args, names, world)
     index = registry.load(args.index)
     entries = list(index) if args.all else [index.get(model_id) for model_id in dict.fromkeys(args.ids)]
@@ -273,7 +291,7 @@ def build_parser(prog: str = "cc-bench") -> argparse.ArgumentParser:
                         "always measure on the CPU; cuda without a GPU skips the device checks with the reason")
     p.add_argument("--batch-sizes", nargs="+", metavar="N",
                    help="throughput batch sizes (default: 1 32 on CPU, 256 on CUDA)")
-    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's default)")
+    add_cpu_arguments(p)
     p.add_argument("--warmup", type=int, metavar="N",
                    help="untimed throughput runs per batch size (default 1 on CPU, 5 on CUDA)")
     p.add_argument("--repeats", type=int, metavar="N",

@@ -1,4 +1,4 @@
-"""What a measurement ran on: project commit, torch/CUDA versions, device, threads.
+"""What a measurement ran on: project commit, torch/CUDA versions, device, threads, allocator.
 
 Every run record and every row of the results table carries these, so that a
 figure can be traced to the code and the machine that produced it.
@@ -29,6 +29,8 @@ class Environment:
     device: str  # "cpu" or "cuda" (resolved from --device)
     device_name: str
     threads: int
+    allocator: str  # cc_models.runtime.allocator_setting(): page faults per batch depend on it
+    flush_denormals: bool
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,6 +100,9 @@ def device_name(device: str) -> str:
 
 
 def collect(device: str) -> Environment:
+    from cc_models.runtime import cpu_state
+
+    cpu = cpu_state()
     return Environment(
         git_commit=git_commit(),
         torch_version=torch.__version__,
@@ -106,7 +111,9 @@ def collect(device: str) -> Environment:
         platform=f"{platform.system()} {platform.release()} {platform.machine()}",
         device=device,
         device_name=device_name(device),
-        threads=torch.get_num_threads(),
+        threads=cpu.threads,
+        allocator=cpu.allocator,
+        flush_denormals=cpu.flush_denormals,
     )
 
 
