@@ -97,3 +97,25 @@ def test_cc_bench_refuses_zero_threads(tmp_path, capsys, command):
 
     assert main([command, "tf_efficientnet_cc_b0_4e", "--threads", "0", "--results", str(tmp_path)]) == 2
     assert "--threads must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--allocators", "default,bogus"], "unknown --impl/--allocators value(s): bogus"),
+    (["--batch-sizes", "0"], "--batch-sizes takes positive integers"),
+    (["no_such_model"], "unknown model id(s): no_such_model"),
+])
+def test_allocator_bench_usage_errors(argv, message, capsys):
+    from bench.allocator import main
+
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@glibc_only
+def test_allocator_bench_times_each_allocator_in_its_own_process():
+    proc = subprocess.run([sys.executable, "-m", "bench.allocator", "tf_efficientnet_cc_b0_4e", "--batch-sizes", "1",
+                           "--repeats", "1", "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip().splitlines()[-1]
+    assert "glibc-default" in line and TUNED in line and "bs=1" in line
