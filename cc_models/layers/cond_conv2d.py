@@ -9,7 +9,8 @@ block and passed in, because the block's three CondConvs share them.
 Compute, chosen by measurement on CPU (``bench/layer_timing.py``):
 * 1x1, stride 1, ungrouped: mix the kernels per sample, then one batched matmul
   ``[B, Cout, Cin] @ [B, Cin, H*W]``: 0.24-0.74x the time of timm's batch-grouped
-  convolution at batch 32 and 0.38-0.94x at batch 1 (2 threads, B0 shapes).
+  convolution at batch 32 and 0.38-0.94x at batch 1 (2 threads, B0 shapes). On a channels_last
+  input the same product runs as ``[B, H*W, Cin] @ [B, Cin, Cout]``, so the output stays channels_last.
 * everything else (the depthwise k x k convs): fold the batch into the channels
   and run one grouped convolution with ``groups = B * groups``, as timm does;
   a per-sample loop took 1.8-4.4x as long at batch 32 (the same op at batch 1).
