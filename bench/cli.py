@@ -125,8 +125,6 @@ def _run_record(args: argparse.Namespace, index, entries, names, settings, envir
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import torch
-
     import registry
 
     from . import distributed, env as env_mod, report, runner, store
@@ -140,8 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if world > 1 and names != ("accuracy",):
         raise UsageError(f"under torchrun (WORLD_SIZE={world}) only the accuracy check is distributed: use "
                          "`--checks accuracy`, and run the other checks without torchrun")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    options.apply_cpu_settings(args)
     settings = _settings(args, names, world)
     index = registry.load(args.index)
     entries = list(index) if args.all else [index.get(model_id) for model_id in dict.fromkeys(args.ids)]

@@ -1,25 +1,33 @@
-"""Ours against timm: the same weights, side by side in one process.
+"""Ours against timm: the same weights, every contender side by side in one process.
 
-    cc-bench compare --against timm [ID ...] [--batch-sizes 1 32] [--repeats 7] [--compile]
+    cc-bench compare --against timm [ID ...] [--batch-sizes 1 32] [--repeats 7] [--compile] [--no-tune-cpu]
 
 For each variant it builds our model and timm's, gives both the same weights
 (the entry's checkpoint from ``--checkpoint-dir`` when there, else calibrated
 random ones, see ``bench.calibrate``), checks that their outputs agree within
-1e-4 -- unfused, fused (BatchNorm folded) and channels_last -- and only then
-times them, interleaved (each repeat runs every model once, in rotating
-order), same threads and dtype, warm-up, median. timm's plain EfficientNet of
-the same size (no CondConv) runs alongside as the reference the CondConv
-overhead is measured against. Peak memory is each model's own child process's
-peak resident set (build + one forward at the batch size), measured the same
-way for both.
+1e-4 (unfused, fused, channels_last), then times every contender of
+``CONTENDERS`` (a list of named compute forms) interleaved: each repeat runs
+every contender once, in rotating order, same threads, dtype and allocator
+state; warm-up, median. Before timing, each contender's output at that batch
+size is checked against its oracle (timm eager, or timm's plain EfficientNet
+for the no-CondConv reference).
 
-Ours runs in its inference form (``model.eval().fuse()``, channels_last);
-timm's as ``timm.create_model`` returns it, with the input layout its
-benchmark script uses (NCHW on CPU; AMP + channels_last on CUDA).
+On CPU the contenders are ours (``model.eval().fuse()``, channels_last), the
+strongest timm forms (eager NCHW, channels_last, traced + frozen +
+``optimize_for_inference``), and our builder's plain EfficientNet-B0/B1 (no
+CondConv, same inference form): ours / plain is CondConv's own overhead.
+``ratio`` is ours against the fastest timm form. On CUDA: ours, plain and timm
+channels_last under AMP. ONNX Runtime serving our exported model joins on CPU
+when the onnx extra is installed (exported in a child process, see
+``bench.onnx_runtime``). Peak memory is each model's own child process's peak
+resident set (build + one forward at the batch size), measured the same way
+for both.
 
-timm is optional: without it the command says so and exits 2. Results go to
-the bench's results store (check ``compare``); ``cc-bench publish`` puts them on
-the docs' results page.
+The process starts with ``cc_models.runtime.tune_cpu`` (glibc malloc tuned,
+denormals flushed) unless ``--no-tune-cpu``; the run record states the
+allocator. timm is optional: without it the command says so and exits 2.
+Results go to the bench's results store (check ``compare``); ``cc-bench publish``
+puts them on the docs' results page.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -45,12 +54,15 @@ from .options import UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 TOLERANCE = 1e-4
-# The issue's targets, printed beside the figures (not asserted anywhere).
-TARGETS_CPU = {1: 1.2, 32: 1.7}
+# The issues' targets, printed beside the figures (not asserted anywhere): ours / best timm form,
+# and ours / our plain model (at least 0.9: CondConv costs at most 10%).
+TARGETS_CPU = {1: 1.3, 32: 1.3}
+TARGET_VS_PLAIN = 0.9
 TARGET_GPU = 1.3
 DESCRIPTION = ("Build our model and timm's with the same weights, check their outputs agree within 1e-4 (unfused, "
-               "fused, channels_last), then time them interleaved in one process with timm's plain EfficientNet as "
-               "the no-CondConv reference; report images/s, ratios and peak memory. Needs timm (exit 2 without it). "
+               "fused, channels_last), then time every contender interleaved in one process: ours, our plain "
+               "EfficientNet (no CondConv), timm eager, channels_last and traced+frozen, and ONNX Runtime when "
+               "installed; report images/s, ratios and peak memory. Needs timm (exit 2 without it). "
                "Defaults: --warmup 2, --repeats 7.")
 
 
@@ -63,18 +75,87 @@ class Row:
     model_id: str
     batch_size: int
     dtype: str
-    ours: float
-    timm: float
-    plain: float | None
-    plain_id: str | None
-    ratio: float
-    ratio_vs_plain: float | None
-    times_ours: list[float] = field(default_factory=list)
-    times_timm: list[float] = field(default_factory=list)
+    images_per_s: dict[str, float]  # contender name -> median images/s
+    times_s: dict[str, list[float]]  # contender name -> every timed run
+    timm_form: str  # the fastest timm contender, the one ``timm`` and ``ratio`` refer to
+    plain_id: str | None  # the timm architecture our plain reference equals
     peak_rss_ours_mib: float | None = None
     peak_rss_timm_mib: float | None = None
     compiled: dict | None = None
-    onnxruntime: float | None = None  # ONNX Runtime (CPU) serving our exported model, img/s
+    ours: float = field(init=False)
+    timm: float = field(init=False)
+    ratio: float = field(init=False)
+    plain: float | None = field(init=False)
+    ratio_vs_plain: float | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ours, self.timm = self.images_per_s["ours"], self.images_per_s[self.timm_form]
+        self.ratio = self.ours / self.timm
+        self.plain = self.images_per_s.get("plain")
+        self.ratio_vs_plain = self.ours / self.plain if self.plain else None
+
+
+@dataclass
+class Models:
+    """The models one variant's contenders run, all holding the same weights (plain: its own)."""
+
+    ours: nn.Module  # inference form
+    timm: nn.Module  # as timm.create_model returns it
+    plain: nn.Module | None  # our builder without CondConv, inference form
+    timm_plain: nn.Module | None  # timm's plain EfficientNet holding plain's weights: plain's oracle
+
+    def reference(self, family: str) -> nn.Module:
+        return self.timm_plain if family == "plain" else self.timm
+
+
+Runner = Callable[[], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One named compute form: ``make(models, x)`` returns a runner that computes on batch ``x``."""
+
+    name: str  # results metric images_per_s_<name>
+    label: str
+    family: str  # "ours", "timm" or "plain" (which model it runs, which oracle checks it)
+    devices: tuple[str, ...]
+    make: Callable[[Models, torch.Tensor], Runner]
+
+
+def _channels_last(model: nn.Module, x: torch.Tensor) -> Runner:
+    x = x.contiguous(memory_format=torch.channels_last)
+    return lambda: model(x)
+
+
+def _timm_channels_last(models: Models, x: torch.Tensor) -> Runner:
+    # A copy: the eager contender keeps timm's model as created (contiguous).
+    return _channels_last(copy.deepcopy(models.timm).to(memory_format=torch.channels_last), x)
+
+
+def _timm_traced_frozen(models: Models, x: torch.Tensor) -> Runner:
+    """TorchScript at this batch shape, frozen and optimised for inference (oneDNN conv fusions)."""
+    model = copy.deepcopy(models.timm).to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated; it is still timm's fastest form
+        traced = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, x, check_trace=False)))
+    return lambda: traced(x)
+
+
+CONTENDERS: list[Contender] = [
+    Contender("ours", "cc_models, fused + channels_last", "ours", ("cpu", "cuda"),
+              lambda m, x: _channels_last(m.ours, x)),
+    Contender("plain", "cc_models without CondConv (plain B0/B1), fused + channels_last", "plain", ("cpu", "cuda"),
+              lambda m, x: _channels_last(m.plain, x)),
+    Contender("timm_eager", "timm eager, NCHW", "timm", ("cpu",), lambda m, x: (lambda: m.timm(x))),
+    Contender("timm_channels_last", "timm eager, channels_last", "timm", ("cpu", "cuda"), _timm_channels_last),
+    Contender("timm_traced_frozen", "timm traced + frozen + optimize_for_inference, channels_last", "timm",
+              ("cpu",), _timm_traced_frozen),
+]
+
+
+def contenders_for(device: str) -> list[Contender]:
+    return [c for c in CONTENDERS if device in c.devices]
 
 
 def plain_reference(model_id: str) -> str | None:
@@ -114,6 +195,25 @@ def paired_models(entry, index, checkpoint_dir: Path | None, seed: int = 0) -> t
 def inference_form(model: nn.Module, device: str) -> nn.Module:
     """Ours as a user runs it for inference: fused, channels_last, on ``device``."""
     return model.fuse().to(device=device, memory_format=torch.channels_last)
+
+
+def plain_models(entry, index, seed: int = 0) -> tuple[nn.Module, nn.Module] | tuple[None, None]:
+    """Our builder's EfficientNet without CondConv (experts removed) and timm's plain model of the same
+    size, eval mode, the same calibrated random weights (no checkpoint exists for ours)."""
+    import cc_models
+    import timm
+
+    from .calibrate import randomize_
+
+    plain_id = plain_reference(entry.id)
+    if plain_id is None:
+        return None, None
+    torch.manual_seed(seed)
+    ours = randomize_(cc_models.from_index(entry.id, index=index, experts_multiplier=0), seed=seed,
+                      size=entry.data.input_size[1:]).eval()
+    theirs = timm.create_model(plain_id, pretrained=False, num_classes=ours.num_classes).eval()
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    return ours, theirs
 
 
 def check_parity(ours: nn.Module, theirs: nn.Module, input_size: tuple[int, int, int]) -> dict[str, float]:
@@ -156,12 +256,15 @@ def time_interleaved(runners: dict[str, Callable[[], object]], *, warmup: int, r
     return times
 
 
-def peak_rss_mib(impl: str, model_id: str, batch_size: int, index: str | None) -> float | None:
-    """Peak resident memory (MiB) of a child process that builds one model and runs one batch."""
+def peak_rss_mib(impl: str, model_id: str, batch_size: int, args: argparse.Namespace) -> float | None:
+    """Peak resident memory (MiB) of a child process that builds one model and runs one batch
+    (in the same allocator state as this process)."""
     cmd = [sys.executable, "-m", "bench", "compare", "--memory-probe", impl, model_id, "--batch-sizes",
            str(batch_size), "--threads", str(torch.get_num_threads()), "--device", "cpu"]
-    if index:
-        cmd += ["--index", str(index)]
+    if args.index:
+        cmd += ["--index", str(args.index)]
+    if not args.tune_cpu:
+        cmd.append("--no-tune-cpu")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         print(f"cc-bench compare: memory probe failed: {proc.stderr.strip()[-300:]}", file=sys.stderr)
@@ -206,51 +309,63 @@ def _peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux; not exact, see above
 
 
-def compare_variant(entry, index, args, device: str, log: Callable[[str], None]) -> tuple[list[Row], dict]:
-    import timm
+def check_contenders(runners: dict[str, Runner], contenders: Sequence[Contender], models: Models,
+                      x: torch.Tensor) -> dict[str, float]:
+    """Max |output - oracle| of every contender on the batch it will be timed on; CompareError beyond 1e-4."""
+    with torch.inference_mode():
+        expected = {family: models.reference(family)(x) for family in {c.family for c in contenders}}
+        diffs = {c.name: (runners[c.name]() - expected[c.family]).abs().max().item() for c in contenders}
+    bad = {k: v for k, v in diffs.items() if not v <= TOLERANCE}
+    if bad:
+        raise CompareError(f"outputs differ from their oracle beyond {TOLERANCE:g}: {bad}; "
+                           "timing would compare different computations")
+    return diffs
 
+
+def compare_variant(entry, index, args, device: str, log: Callable[[str], None]) -> tuple[list[Row], dict]:
     ours, theirs = paired_models(entry, index, args.checkpoint_dir)
     parity = check_parity(ours, theirs, entry.data.input_size)
-    log(f"{entry.id}: outputs agree with timm (max |diff| {max(parity[k] for k in ('unfused', 'fused', 'fused_channels_last')):.2e}, "
+    plain, timm_plain = plain_models(entry, index)
+    if plain is not None:
+        plain_parity = check_parity(plain, timm_plain, entry.data.input_size)
+        parity.update({f"plain_{k}": v for k, v in plain_parity.items() if k != "logit_scale"})
+    log(f"{entry.id}: outputs agree with timm (max |diff| {max(v for k, v in parity.items() if k != 'logit_scale'):.2e}, "
         f"logits up to {parity['logit_scale']:.2f})")
-    ort = None
+    extra_contenders = []
     if device == "cpu" and args.onnxruntime:  # exported in a child process, before anything here is timed
         from .onnx_runtime import prepare
 
         ort = prepare(entry, args.index, args.checkpoint_dir, ours, log)
-    plain_id = plain_reference(entry.id)
-    plain = timm.create_model(plain_id, pretrained=False).eval() if plain_id else None
-    ours = ours.to(device)
-    theirs, plain = theirs.to(device), (plain.to(device) if plain is not None else None)
+        if ort is not None:
+            extra_contenders.append(Contender(
+                "onnxruntime", "ONNX Runtime (CPU) serving our exported model", "ours", ("cpu",),
+                lambda m, x, run=ort.runner: (lambda r=run(x): torch.from_numpy(r()[0]))))
+    models = Models(ours.to(device), theirs.to(device), plain.to(device) if plain is not None else None,
+                    timm_plain.to(device) if timm_plain is not None else None)
     gpu = device == "cuda"
-    if gpu:  # timm's benchmark script layout on GPU: AMP + channels_last for every model
-        theirs = theirs.to(memory_format=torch.channels_last)
-        plain = plain.to(memory_format=torch.channels_last) if plain is not None else None
+    contenders = [c for c in contenders_for(device) if c.family != "plain" or plain is not None] + extra_contenders
     rows = []
     dtypes = args.gpu_dtypes if gpu else ("float32",)
-    for dtype in dtypes:
-        autocast = torch.autocast("cuda", dtype=getattr(torch, dtype)) if gpu else None
-        for bs in args.batch_sizes:
-            x = torch.randn(bs, *entry.data.input_size, device=device)
-            x_cl = x.contiguous(memory_format=torch.channels_last)
-            x_timm = x_cl if gpu else x
-            runners = {"ours": lambda: ours(x_cl), "timm": lambda: theirs(x_timm)}
-            if plain is not None:
-                runners["plain"] = lambda: plain(x_timm)
-            if ort is not None:
-                runners["onnxruntime"] = ort.runner(x)
+    for bs in args.batch_sizes:
+        x = torch.randn(bs, *entry.data.input_size, device=device)
+        runners = {c.name: c.make(models, x) for c in contenders}
+        if not gpu:  # fp32: every contender against its oracle at this batch (AMP outputs differ by design)
+            parity[f"batch_{bs}"] = check_contenders(runners, contenders, models, x)
+        for dtype in dtypes:
+            autocast = torch.autocast("cuda", dtype=getattr(torch, dtype)) if gpu else None
             times = time_interleaved(runners, warmup=args.warmup, repeats=args.repeats, device=device,
                                      autocast=autocast)
             ips = {n: bs / statistics.median(t) for n, t in times.items()}
-            row = Row(entry.id, bs, dtype + ("-amp" if gpu else ""), ips["ours"], ips["timm"], ips.get("plain"),
-                      plain_id, ips["ours"] / ips["timm"], ips["ours"] / ips["plain"] if "plain" in ips else None,
-                      [round(t, 6) for t in times["ours"]], [round(t, 6) for t in times["timm"]],
-                      onnxruntime=ips.get("onnxruntime"))
+            timm_form = max((c.name for c in contenders if c.family == "timm"), key=ips.__getitem__)
+            row = Row(entry.id, bs, dtype + ("-amp" if gpu else ""), ips,
+                      {n: [round(v, 6) for v in t] for n, t in times.items()}, timm_form, plain_reference(entry.id))
             if args.memory and not gpu:
-                row.peak_rss_ours_mib = peak_rss_mib("ours", entry.id, bs, args.index)
-                row.peak_rss_timm_mib = peak_rss_mib("timm", entry.id, bs, args.index)
+                row.peak_rss_ours_mib = peak_rss_mib("ours", entry.id, bs, args)
+                row.peak_rss_timm_mib = peak_rss_mib("timm", entry.id, bs, args)
             if args.compile:
-                row.compiled = compile_and_time(ours, theirs, x_cl, x_timm, args, device, autocast)
+                x_cl = x.contiguous(memory_format=torch.channels_last)
+                row.compiled = compile_and_time(models.ours, models.timm, x_cl, x_cl if gpu else x, args, device,
+                                                autocast)
             log(format_row(row))
             rows.append(row)
     return rows, parity
@@ -275,15 +390,19 @@ def compile_and_time(ours, theirs, x_ours, x_timm, args, device, autocast) -> di
     return out
 
 
+def _target(value: float | None, target: float | None) -> str:
+    if value is None or target is None:
+        return ""
+    return f" (target >= {target:.1f}x: {'met' if value >= target else 'NOT met'})"
+
+
 def format_row(r: Row) -> str:
     target = TARGET_GPU if r.dtype.endswith("-amp") else TARGETS_CPU.get(r.batch_size)
-    mark = "" if target is None else (" (target >= %.1fx: %s)" % (target, "met" if r.ratio >= target else "NOT met"))
-    text = (f"{r.model_id} bs={r.batch_size} {r.dtype}: ours {r.ours:.2f} img/s, timm {r.timm:.2f} img/s, "
-            f"ratio {r.ratio:.2f}x{mark}")
+    others = ", ".join(f"{n} {v:.2f}" for n, v in r.images_per_s.items() if n != "ours")
+    text = (f"{r.model_id} bs={r.batch_size} {r.dtype}: ours {r.ours:.2f} img/s ({others}); "
+            f"ours / best timm ({r.timm_form}) {r.ratio:.2f}x{_target(r.ratio, target)}")
     if r.ratio_vs_plain is not None:
-        text += f"; timm {r.plain_id} (no CondConv) {r.plain:.2f} img/s, ours/plain {r.ratio_vs_plain:.2f}x"
-    if r.onnxruntime is not None:
-        text += f"; ONNX Runtime {r.onnxruntime:.2f} img/s (ours/ORT {r.ours / r.onnxruntime:.2f}x)"
+        text += f"; ours / plain {r.ratio_vs_plain:.2f}x{_target(r.ratio_vs_plain, TARGET_VS_PLAIN)}"
     if r.peak_rss_ours_mib is not None and r.peak_rss_timm_mib is not None:
         text += f"; peak RSS ours {r.peak_rss_ours_mib:.0f} MiB, timm {r.peak_rss_timm_mib:.0f} MiB"
     if r.compiled:
@@ -294,12 +413,14 @@ def format_row(r: Row) -> str:
 
 
 def store_rows(rows: Sequence[Row], parities: dict, args, environment: dict) -> Path:
-    """One run in the results store, check ``compare``."""
+    """One run in the results store, check ``compare``: a metric per contender, plus the ratios."""
     from registry import results_schema as schema
 
     from . import store
 
     checks = []
+    labels = {c.name: c.label for c in CONTENDERS}
+    labels["onnxruntime"] = "ONNX Runtime (CPU) serving our exported model"
     for r in rows:
         common = dict(model_id=r.model_id, check=schema.COMPARE, batch_size=r.batch_size, dtype=r.dtype,
                       device=environment["device"], device_name=environment["device_name"],
@@ -307,12 +428,13 @@ def store_rows(rows: Sequence[Row], parities: dict, args, environment: dict) -> 
                       allocator=environment["allocator"], torch_version=environment["torch_version"],
                       status=schema.INFO, tolerance="", claimed=None)
         extra = {"parity_max_abs_diff": parities[r.model_id], "plain_reference": r.plain_id,
-                 "times_s_ours": r.times_ours, "times_s_timm": r.times_timm, "repeats": args.repeats,
-                 "warmup": args.warmup, "ours_form": "fused + channels_last", "compiled": r.compiled}
-        metrics = [("images_per_s_ours", r.ours, "img/s"), ("images_per_s_timm", r.timm, "img/s"),
-                   ("ratio", r.ratio, "x"), ("images_per_s_plain", r.plain, "img/s"),
-                   ("ratio_vs_plain", r.ratio_vs_plain, "x"), ("peak_rss_ours", r.peak_rss_ours_mib, "MiB"),
-                   ("peak_rss_timm", r.peak_rss_timm_mib, "MiB"), ("images_per_s_onnxruntime", r.onnxruntime, "img/s")]
+                 "timm_form": r.timm_form, "contenders": {n: labels.get(n, n) for n in r.images_per_s},
+                 "times_s": r.times_s, "repeats": args.repeats, "warmup": args.warmup,
+                 "allocator": environment.get("allocator"), "compiled": r.compiled}
+        metrics = [(f"images_per_s_{n}", v, "img/s") for n, v in r.images_per_s.items()]
+        metrics += [("images_per_s_timm", r.timm, "img/s"), ("ratio", r.ratio, "x"),
+                    ("ratio_vs_plain", r.ratio_vs_plain, "x"), ("peak_rss_ours", r.peak_rss_ours_mib, "MiB"),
+                    ("peak_rss_timm", r.peak_rss_timm_mib, "MiB")]
         for metric, value, unit in metrics:
             if value is None:
                 continue
@@ -324,7 +446,7 @@ def store_rows(rows: Sequence[Row], parities: dict, args, environment: dict) -> 
               "environment": environment, "command": [args.prog, *args.argv],
               "index": str(args.index or "packaged"), "settings": {
                   "batch_sizes": list(args.batch_sizes), "repeats": args.repeats, "warmup": args.warmup,
-                  "against": "timm", "compile": args.compile}, "checks": checks}
+                  "against": "timm", "compile": args.compile, "tune_cpu": args.tune_cpu}, "checks": checks}
     run = store.RunFile(args.results, record)
     store.rebuild_table(args.results)
     return run.path
@@ -350,12 +472,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     import registry
 
-    from . import env as env_mod
+    from . import env as env_mod, options, store
 
-    from . import options, store
-
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    options.apply_cpu_settings(args)  # before any model or input allocates
     device, why_not = env_mod.resolve_device(args.device)
     if device == "cuda" and why_not:
         raise UsageError(f"--device cuda: {why_not}")
@@ -373,7 +492,8 @@ def run(args: argparse.Namespace) -> int:
     log = (lambda line: print(line, file=sys.stderr)) if args.format == "json" else print
     environment = env_mod.collect(device).to_dict()
     log(f"cc-bench compare: {environment['device_name']}, torch {environment['torch_version']}, "
-        f"{environment['threads']} threads; ours fused + channels_last vs timm eager; median of {args.repeats}")
+        f"{environment['threads']} threads, allocator {environment['allocator']}, flush denormals "
+        f"{environment['flush_denormals']}; contenders interleaved, median of {args.repeats}")
     rows, parities = [], {}
     try:
         for entry in entries:
@@ -394,12 +514,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_summary(rows: Sequence[Row], log: Callable[[str], None]) -> None:
+    names = list(dict.fromkeys(n for r in rows for n in r.images_per_s))
     log("")
-    log(f"{'model':26} {'bs':>4} {'dtype':>13} {'ours':>9} {'timm':>9} {'ratio':>6} {'plain':>9} {'vs plain':>8} "
-        f"{'RSS ours':>9} {'RSS timm':>9}")
+    log("images/s (median); ratio: ours / best timm form; vs plain: ours / our plain model (CondConv's overhead)")
+    log(f"{'model':26} {'bs':>4} {'dtype':>13} " + " ".join(f"{n:>{max(9, len(n))}}" for n in names)
+        + f" {'ratio':>6} {'vs plain':>8} {'RSS ours':>9} {'RSS timm':>9}")
+    num = lambda v, f: format(v, f) if v is not None else "-"
     for r in rows:
-        num = lambda v, f: format(v, f) if v is not None else "-"
-        log(f"{r.model_id:26} {r.batch_size:>4} {r.dtype:>13} {r.ours:>9.2f} {r.timm:>9.2f} {r.ratio:>5.2f}x "
-            f"{num(r.plain, '>9.2f'):>9} {num(r.ratio_vs_plain, '>7.2f'):>7}x {num(r.peak_rss_ours_mib, '>9.0f'):>9} "
-            f"{num(r.peak_rss_timm_mib, '>9.0f'):>9}")
+        cells = " ".join(f"{num(r.images_per_s.get(n), '.2f'):>{max(9, len(n))}}" for n in names)
+        log(f"{r.model_id:26} {r.batch_size:>4} {r.dtype:>13} {cells} {r.ratio:>5.2f}x "
+            f"{num(r.ratio_vs_plain, '.2f'):>7}x {num(r.peak_rss_ours_mib, '.0f'):>9} "
+            f"{num(r.peak_rss_timm_mib, '.0f'):>9}")
 

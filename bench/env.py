@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from cc_models.runtime import allocator_setting, cpu_state
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -35,7 +37,8 @@ class Environment:
     device: str  # "cpu" or "cuda" (resolved from --device)
     device_name: str
     threads: int
-    allocator: str
+    allocator: str  # cc_models.runtime.allocator_setting(): page faults per batch depend on it
+    flush_denormals: bool
     fingerprint: dict
     fingerprint_id: str
 
@@ -103,15 +106,6 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def allocator_setting() -> str:
-    """How the process's memory allocator is set up (``cc_models.runtime``), "unknown" before that exists."""
-    try:
-        from cc_models.runtime import allocator_setting as setting
-    except ImportError:
-        return "unknown"
-    return str(setting())
-
-
 def torch_build() -> str:
     """torch's version, GPU toolkit and the CPU kernels it dispatches to on this machine."""
     gpu = f"CUDA {torch.version.cuda}" if torch.version.cuda else \
@@ -165,6 +159,7 @@ def device_name(device: str) -> str:
 
 
 def collect(device: str) -> Environment:
+    cpu = cpu_state()
     found = fingerprint(device)
     return Environment(
         git_commit=git_commit(),
@@ -174,8 +169,9 @@ def collect(device: str) -> Environment:
         platform=f"{platform.system()} {platform.release()} {platform.machine()}",
         device=device,
         device_name=device_name(device),
-        threads=torch.get_num_threads(),
+        threads=cpu.threads,
         allocator=found["allocator"],
+        flush_denormals=cpu.flush_denormals,
         fingerprint=found,
         fingerprint_id=fingerprint_id(found),
     )

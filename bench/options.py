@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 from .store import LOCAL_STORE
@@ -59,6 +60,9 @@ def common_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=int_list, nargs="+", metavar="N",
                    help="batch sizes to time, e.g. 1 32 or 1,32 (default: 1 32 on CPU, 256 on CUDA)")
     p.add_argument("--threads", type=positive_int, metavar="N", help="torch CPU threads (default: torch's default)")
+    p.add_argument("--no-tune-cpu", dest="tune_cpu", action="store_false",
+                   help="leave the allocator and denormal handling as the process started (default: glibc malloc "
+                        "tuned, denormals flushed, see cc_models.runtime.tune_cpu; the run record says which)")
     p.add_argument("--warmup", type=non_negative_int, metavar="N", help="untimed runs per batch size")
     p.add_argument("--repeats", type=positive_int, metavar="N", help="timed runs per batch size (median reported)")
     p.add_argument("--checkpoint-dir", type=Path, metavar="DIR", help="local weights (see `cc-bench run --help`)")
@@ -67,3 +71,17 @@ def common_parser() -> argparse.ArgumentParser:
                         "`cc-bench publish` copies runs into the repository's results/)")
     p.add_argument("--format", choices=("text", "json"), default="text", help="output format (default text)")
     return p
+
+
+def apply_cpu_settings(args: argparse.Namespace) -> None:
+    """``--threads`` and, unless ``--no-tune-cpu``, the tuned allocator and denormal flushing
+    (``cc_models.runtime.tune_cpu``): first thing, before any model allocates."""
+    import torch
+
+    from cc_models.runtime import tune_cpu
+
+    if args.tune_cpu:
+        for note in tune_cpu(args.threads).notes:
+            print(f"{getattr(args, 'prog', 'cc-bench')}: note: {note}", file=sys.stderr)
+    elif args.threads is not None:
+        torch.set_num_threads(args.threads)

@@ -78,3 +78,16 @@ def test_condconv_batchnorm_folding(kernel, groups):
         got = conv(x, routing)
     assert conv.static_bias is not None
     assert max_abs_diff(got, expected) < 1e-5
+
+
+def test_pointwise_condconv_keeps_channels_last():
+    """The channels_last pointwise form computes what the NCHW one does and returns channels_last."""
+    g = torch.Generator().manual_seed(0)
+    conv = CondConv2d(16, 24, 1, num_experts=4)
+    x = torch.randn(3, 16, 9, 9, generator=g)
+    routing = torch.rand(3, 4, generator=g)
+    with torch.no_grad():
+        expected = conv(x, routing)
+        got = conv(x.contiguous(memory_format=torch.channels_last), routing)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert max_abs_diff(got, expected) < 1e-5

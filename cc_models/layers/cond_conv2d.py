@@ -9,7 +9,8 @@ block and passed in, because the block's three CondConvs share them.
 Compute, chosen by measurement on CPU (``bench/layer_timing.py``):
 * 1x1, stride 1, ungrouped: mix the kernels per sample, then one batched matmul
   ``[B, Cout, Cin] @ [B, Cin, H*W]``: 0.24-0.74x the time of timm's batch-grouped
-  convolution at batch 32 and 0.38-0.94x at batch 1 (2 threads, B0 shapes).
+  convolution at batch 32 and 0.38-0.94x at batch 1 (2 threads, B0 shapes). On a channels_last
+  input the same product runs as ``[B, H*W, Cin] @ [B, Cin, Cout]``, so the output stays channels_last.
 * everything else (the depthwise k x k convs): fold the batch into the channels
   and run one grouped convolution with ``groups = B * groups``, as timm does;
   a per-sample loop took 1.8-4.4x as long at batch 32 (the same op at batch 1).
@@ -85,6 +86,13 @@ class CondConv2d(nn.Module):
 
     def _forward_bmm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         b, c, h, w = x.shape
+        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            # [B, H*W, Cin] @ [B, Cin, Cout]: the output stays channels_last, so the layers after it keep
+            # oneDNN's channels_last kernels (1.12x the whole model at batch 32, 1 thread, b0_4e).
+            xt = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+            weight = weight.view(b, self.out_channels, c).transpose(1, 2)
+            out = torch.bmm(xt, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), xt, weight)
+            return out.view(b, h, w, self.out_channels).permute(0, 3, 1, 2)
         # reshape, not view: a channels_last input flattens to a strided view bmm takes as is.
         weight, x = weight.view(b, self.out_channels, c), x.reshape(b, c, h * w)
         if bias is None:
