@@ -17,6 +17,13 @@ Ours runs in its inference form (``model.eval().fuse()``, channels_last);
 timm's as ``timm.create_model`` returns it, with the input layout its
 benchmark script uses (NCHW on CPU; AMP + channels_last on CUDA).
 
+On CUDA (``--device cuda``): the parity check is repeated there in fp32 with
+TF32 off (ours through the Triton kernels); each AMP dtype is timed at batch
+256, all three eager, and at batch 1 with ours as a CUDA graph
+(``cc_models.cuda_graph``) against timm and the plain model eager. Peak memory
+is ``torch.cuda.max_memory_allocated`` of one forward (ours at batch 1: of the
+graph's capture) plus the model's own parameters and buffers.
+
 timm is optional: without it the command says so and exits 2. Results go to
 the bench's results store (check ``compare``); ``cc-bench publish`` puts them on
 the docs' results page.
@@ -47,7 +54,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 TOLERANCE = 1e-4
 # The issue's targets, printed beside the figures (not asserted anywhere).
 TARGETS_CPU = {1: 1.2, 32: 1.7}
-TARGET_GPU = 1.3
+TARGETS_GPU = {1: 4.0, 256: 5.0}  # batch 1: ours as a CUDA graph vs timm eager; 256: both eager
+TARGET_VS_PLAIN_GPU = 0.95
 DESCRIPTION = ("Build our model and timm's with the same weights, check their outputs agree within 1e-4 (unfused, "
                "fused, channels_last), then time them interleaved in one process with timm's plain EfficientNet as "
                "the no-CondConv reference; report images/s, ratios and peak memory. Needs timm (exit 2 without it). "
@@ -75,6 +83,9 @@ class Row:
     peak_rss_timm_mib: float | None = None
     compiled: dict | None = None
     onnxruntime: float | None = None  # ONNX Runtime (CPU) serving our exported model, img/s
+    ours_form: str = "fused + channels_last"
+    peak_cuda_ours_mib: float | None = None  # torch.cuda.max_memory_allocated of one forward (or graph capture)
+    peak_cuda_timm_mib: float | None = None
 
 
 def plain_reference(model_id: str) -> str | None:
@@ -112,8 +123,26 @@ def paired_models(entry, index, checkpoint_dir: Path | None, seed: int = 0) -> t
 
 
 def inference_form(model: nn.Module, device: str) -> nn.Module:
-    """Ours as a user runs it for inference: fused, channels_last, on ``device``."""
-    return model.fuse().to(device=device, memory_format=torch.channels_last)
+    """Ours as a user runs it for inference: fused, channels_last, on ``device`` (on CUDA, the SiLUs after the
+    CondConvs in the Triton kernels' epilogue)."""
+    model = model.fuse().to(device=device, memory_format=torch.channels_last)
+    if device == "cuda":
+        from cc_models.kernels import fold_activations_
+
+        fold_activations_(model)
+    return model
+
+
+def peak_cuda_mib(fn: Callable[[], object], model: nn.Module) -> float:
+    """Peak CUDA memory of a process holding only ``model`` while ``fn`` runs: its parameters and buffers plus
+    the most ``fn`` allocated above what was allocated before it (torch.cuda.max_memory_allocated)."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    own = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    return (torch.cuda.max_memory_allocated() - before + own) / 2**20
 
 
 def check_parity(ours: nn.Module, theirs: nn.Module, input_size: tuple[int, int, int]) -> dict[str, float]:
@@ -136,6 +165,22 @@ def check_parity(ours: nn.Module, theirs: nn.Module, input_size: tuple[int, int,
         raise CompareError(f"outputs differ from timm's beyond {TOLERANCE:g}: {bad} (logits up to {scale:.3g}); "
                            "timing would compare different computations")
     return {**diffs, "logit_scale": scale}
+
+
+def check_cuda_parity(ours: nn.Module, theirs: nn.Module, input_size: tuple[int, int, int]) -> float:
+    """Max |ours - timm| of the logits on CUDA in fp32 with TF32 off (ours through the Triton kernels)."""
+    x = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(1)).cuda()
+    matmul_tf32, cudnn_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            diff = (ours(x.contiguous(memory_format=torch.channels_last)) - theirs(x)).abs().max().item()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul_tf32, cudnn_tf32
+    if not diff <= TOLERANCE:
+        raise CompareError(f"on CUDA (fp32, TF32 off) outputs differ from timm's by {diff:.3g} > {TOLERANCE:g}; "
+                           "timing would compare different computations")
+    return diff
 
 
 def time_interleaved(runners: dict[str, Callable[[], object]], *, warmup: int, repeats: int, device: str,
@@ -220,9 +265,12 @@ def compare_variant(entry, index, args, device: str, log: Callable[[str], None])
         ort = prepare(entry, args.index, args.checkpoint_dir, ours, log)
     plain_id = plain_reference(entry.id)
     plain = timm.create_model(plain_id, pretrained=False).eval() if plain_id else None
-    ours = ours.to(device)
-    theirs, plain = theirs.to(device), (plain.to(device) if plain is not None else None)
     gpu = device == "cuda"
+    ours = inference_form(ours, device)  # fused by check_parity already; this places it (and folds, on CUDA)
+    theirs, plain = theirs.to(device), (plain.to(device) if plain is not None else None)
+    if gpu:
+        parity["cuda_fp32"] = check_cuda_parity(ours, theirs, entry.data.input_size)
+        log(f"{entry.id}: on CUDA (fp32, TF32 off) outputs agree with timm (max |diff| {parity['cuda_fp32']:.2e})")
     if gpu:  # timm's benchmark script layout on GPU: AMP + channels_last for every model
         theirs = theirs.to(memory_format=torch.channels_last)
         plain = plain.to(memory_format=torch.channels_last) if plain is not None else None
@@ -239,13 +287,17 @@ def compare_variant(entry, index, args, device: str, log: Callable[[str], None])
                 runners["plain"] = lambda: plain(x_timm)
             if ort is not None:
                 runners["onnxruntime"] = ort.runner(x)
+            peaks = {}
+            if gpu:
+                peaks = cuda_forms(runners, ours, theirs, x_cl, autocast_dtype=getattr(torch, dtype))
             times = time_interleaved(runners, warmup=args.warmup, repeats=args.repeats, device=device,
                                      autocast=autocast)
             ips = {n: bs / statistics.median(t) for n, t in times.items()}
             row = Row(entry.id, bs, dtype + ("-amp" if gpu else ""), ips["ours"], ips["timm"], ips.get("plain"),
                       plain_id, ips["ours"] / ips["timm"], ips["ours"] / ips["plain"] if "plain" in ips else None,
                       [round(t, 6) for t in times["ours"]], [round(t, 6) for t in times["timm"]],
-                      onnxruntime=ips.get("onnxruntime"))
+                      onnxruntime=ips.get("onnxruntime"), ours_form=peaks.get("form", "fused + channels_last"),
+                      peak_cuda_ours_mib=peaks.get("ours"), peak_cuda_timm_mib=peaks.get("timm"))
             if args.memory and not gpu:
                 row.peak_rss_ours_mib = peak_rss_mib("ours", entry.id, bs, args.index)
                 row.peak_rss_timm_mib = peak_rss_mib("timm", entry.id, bs, args.index)
@@ -254,6 +306,26 @@ def compare_variant(entry, index, args, device: str, log: Callable[[str], None])
             log(format_row(row))
             rows.append(row)
     return rows, parity
+
+
+def cuda_forms(runners: dict[str, Callable[[], object]], ours: nn.Module, theirs: nn.Module, x: torch.Tensor, *,
+               autocast_dtype: torch.dtype) -> dict:
+    """On CUDA at batch 1, replace ours by its CUDA-graph form (``cc_models.cuda_graph``; timm stays eager, as its
+    users run it); measure each model's peak CUDA memory (ours: the graph's capture, which holds its memory)."""
+    import cc_models
+
+    out: dict = {"form": "fused + channels_last + Triton kernels"}
+    with torch.inference_mode(), torch.autocast("cuda", dtype=autocast_dtype):
+        out["timm"] = peak_cuda_mib(runners["timm"], theirs)
+        if x.shape[0] == 1:
+            box = {}
+            out["ours"] = peak_cuda_mib(lambda: box.update(run=cc_models.cuda_graph(ours, x, autocast_dtype=autocast_dtype)),
+                                        ours)
+            runners["ours"] = lambda: box["run"](x)
+            out["form"] += " + CUDA graph"
+        else:
+            out["ours"] = peak_cuda_mib(runners["ours"], ours)
+    return out
 
 
 def compile_and_time(ours, theirs, x_ours, x_timm, args, device, autocast) -> dict:
@@ -276,14 +348,18 @@ def compile_and_time(ours, theirs, x_ours, x_timm, args, device, autocast) -> di
 
 
 def format_row(r: Row) -> str:
-    target = TARGET_GPU if r.dtype.endswith("-amp") else TARGETS_CPU.get(r.batch_size)
+    target = (TARGETS_GPU if r.dtype.endswith("-amp") else TARGETS_CPU).get(r.batch_size)
     mark = "" if target is None else (" (target >= %.1fx: %s)" % (target, "met" if r.ratio >= target else "NOT met"))
-    text = (f"{r.model_id} bs={r.batch_size} {r.dtype}: ours {r.ours:.2f} img/s, timm {r.timm:.2f} img/s, "
+    text = (f"{r.model_id} bs={r.batch_size} {r.dtype}: ours{' (CUDA graph)' if 'graph' in r.ours_form else ''} {r.ours:.2f} img/s, timm {r.timm:.2f} img/s, "
             f"ratio {r.ratio:.2f}x{mark}")
     if r.ratio_vs_plain is not None:
         text += f"; timm {r.plain_id} (no CondConv) {r.plain:.2f} img/s, ours/plain {r.ratio_vs_plain:.2f}x"
     if r.onnxruntime is not None:
         text += f"; ONNX Runtime {r.onnxruntime:.2f} img/s (ours/ORT {r.ours / r.onnxruntime:.2f}x)"
+    if r.peak_cuda_ours_mib is not None and r.peak_cuda_timm_mib is not None:
+        text += f"; peak CUDA memory ours {r.peak_cuda_ours_mib:.0f} MiB, timm {r.peak_cuda_timm_mib:.0f} MiB"
+    if r.dtype.endswith("-amp") and r.ratio_vs_plain is not None:
+        text += f" (ours/plain target >= {TARGET_VS_PLAIN_GPU}x: {'met' if r.ratio_vs_plain >= TARGET_VS_PLAIN_GPU else 'NOT met'})"
     if r.peak_rss_ours_mib is not None and r.peak_rss_timm_mib is not None:
         text += f"; peak RSS ours {r.peak_rss_ours_mib:.0f} MiB, timm {r.peak_rss_timm_mib:.0f} MiB"
     if r.compiled:
@@ -308,11 +384,12 @@ def store_rows(rows: Sequence[Row], parities: dict, args, environment: dict) -> 
                       status=schema.INFO, tolerance="", claimed=None)
         extra = {"parity_max_abs_diff": parities[r.model_id], "plain_reference": r.plain_id,
                  "times_s_ours": r.times_ours, "times_s_timm": r.times_timm, "repeats": args.repeats,
-                 "warmup": args.warmup, "ours_form": "fused + channels_last", "compiled": r.compiled}
+                 "warmup": args.warmup, "ours_form": r.ours_form, "compiled": r.compiled}
         metrics = [("images_per_s_ours", r.ours, "img/s"), ("images_per_s_timm", r.timm, "img/s"),
                    ("ratio", r.ratio, "x"), ("images_per_s_plain", r.plain, "img/s"),
                    ("ratio_vs_plain", r.ratio_vs_plain, "x"), ("peak_rss_ours", r.peak_rss_ours_mib, "MiB"),
-                   ("peak_rss_timm", r.peak_rss_timm_mib, "MiB"), ("images_per_s_onnxruntime", r.onnxruntime, "img/s")]
+                   ("peak_rss_timm", r.peak_rss_timm_mib, "MiB"), ("images_per_s_onnxruntime", r.onnxruntime, "img/s"),
+                   ("peak_cuda_ours", r.peak_cuda_ours_mib, "MiB"), ("peak_cuda_timm", r.peak_cuda_timm_mib, "MiB")]
         for metric, value, unit in metrics:
             if value is None:
                 continue
@@ -359,7 +436,7 @@ def run(args: argparse.Namespace) -> int:
     device, why_not = env_mod.resolve_device(args.device)
     if device == "cuda" and why_not:
         raise UsageError(f"--device cuda: {why_not}")
-    args.batch_sizes = options.flat(args.batch_sizes) or ((256,) if device == "cuda" else (1, 32))
+    args.batch_sizes = options.flat(args.batch_sizes) or ((1, 256) if device == "cuda" else (1, 32))
     args.warmup = 2 if args.warmup is None else args.warmup
     args.repeats = 7 if args.repeats is None else args.repeats
     if not args.no_store and not args.memory_probe:
