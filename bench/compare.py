@@ -271,7 +271,7 @@ def compare_variant(entry, index, args, device: str, log: Callable[[str], None])
     if gpu:
         parity["cuda_fp32"] = check_cuda_parity(ours, theirs, entry.data.input_size)
         log(f"{entry.id}: on CUDA (fp32, TF32 off) outputs agree with timm (max |diff| {parity['cuda_fp32']:.2e})")
-    if gpu:  # timm's benchmark script layout on GPU: AMP + channels_last for every model
+        # timm's benchmark script layout on GPU: AMP + channels_last for every model
         theirs = theirs.to(memory_format=torch.channels_last)
         plain = plain.to(memory_format=torch.channels_last) if plain is not None else None
     rows = []

@@ -1,0 +1,92 @@
+"""The CUDA parts of the bench that can be checked without a GPU: rows, settings, guards, the GPU check's
+dependency bookkeeping. (What needs a GPU is in test_cuda_parity.py and `make gpu-check`.)"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import cc_models
+from cc_models.kernels import cudnn_without_benchmark
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cuda_throughput_rows_cover_both_amp_dtypes_at_batch_1_and_256(capsys, tmp_path, monkeypatch):
+    from bench import cli
+
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["run", "tf_efficientnet_cc_b0_4e", "--device", "cuda", "--checks", "throughput", "--no-docs",
+                     "--format", "json"])
+    import json
+
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert code == 0
+    assert sorted((r["dtype"], r["batch_size"]) for r in rows) == [
+        ("bfloat16-amp", 1), ("bfloat16-amp", 256), ("float16-amp", 1), ("float16-amp", 256)]
+    if not torch.cuda.is_available():
+        assert all(r["status"] == "skip" and "CUDA" in r["reason"] for r in rows)
+
+
+def test_cudnn_autotuner_is_off_inside_and_restored_after():
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        with cudnn_without_benchmark():
+            assert torch.backends.cudnn.benchmark is False
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
+def test_cuda_graph_refuses_a_cpu_input():
+    with pytest.raises(ValueError, match="CUDA"):
+        cc_models.cuda_graph(torch.nn.Identity(), torch.zeros(1, 3, 8, 8))
+
+
+def test_gpu_check_finds_requirements_missing_from_image_and_wheelhouse(tmp_path):
+    """The wheelhouse bookkeeping: a requirement neither the image nor a carried wheel provides is reported."""
+    import zipfile
+
+    check = _gpu_check()
+
+    def wheel(name: str, *requires: str) -> Path:
+        path = tmp_path / f"{name}-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr(f"{name}-1.0.dist-info/METADATA", "\n".join(
+                ["Metadata-Version: 2.1", f"Name: {name}", "Version: 1.0", *(f"Requires-Dist: {r}" for r in requires)]))
+        return path
+
+    ours = wheel("cc_hub", "torch>=2.4", "jsonschema>=4", "fvcore", "pytest; extra == 'test'",
+                 "tomli; python_version < \"3.11\"")
+    assert check.unmet_requirements([ours]) == ["fvcore (needed by cc_hub-1.0-py3-none-any.whl)",
+                                                "jsonschema (needed by cc_hub-1.0-py3-none-any.whl)"]
+    assert check.unmet_requirements([ours, wheel("jsonschema", "attrs"), wheel("fvcore", "yacs")]) == [
+        "yacs (needed by fvcore-1.0-py3-none-any.whl)"]
+
+
+def test_gpu_image_plus_carried_wheels_cover_every_runtime_requirement():
+    """A new runtime dependency must be either on the GPU image or carried (scripts/gpu_check.py CARRIED)."""
+    import importlib.metadata
+    import re
+
+    check = _gpu_check()
+    have = set(check.IMAGE) | {check._name(n) for n in check.CARRIED}
+    missing = []
+    for dist in ("cc-hub", *check.CARRIED):
+        for req in importlib.metadata.requires(dist) or ():
+            if "extra ==" in req or ("python_version" in req and not check._python_marker(req, check.DEVICE_PYTHON)):
+                continue
+            name = check._name(re.match(r"[A-Za-z0-9_.\-]+", req)[0])
+            if name not in have:
+                missing.append(f"{name} (required by {dist})")
+    assert not missing, f"add to scripts/gpu_check.py CARRIED (or IMAGE if the GPU image has it): {missing}"
