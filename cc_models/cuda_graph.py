@@ -26,7 +26,9 @@ def cuda_graph(model: nn.Module, example: torch.Tensor, *, autocast_dtype: torch
         raise ValueError("cuda_graph needs a CUDA example input (and the model on the same device)")
 
     def amp() -> contextlib.AbstractContextManager:
-        return torch.autocast("cuda", dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        # no autocast weight cache: cached casts made during capture would be freed under the graph's feet
+        return (torch.autocast("cuda", dtype=autocast_dtype, cache_enabled=False) if autocast_dtype
+                else contextlib.nullcontext())
 
     static_in = example.clone(memory_format=torch.preserve_format)
     side = torch.cuda.Stream()
