@@ -1,5 +1,6 @@
-"""The CUDA parts of the bench that can be checked without a GPU: rows, settings, guards, the GPU check's
-dependency bookkeeping. (What needs a GPU is in test_cuda_parity.py and `make gpu-check`.)"""
+"""The CUDA parts that can be checked without a GPU: the cuDNN guard, cuda_graph's input check, the GPU
+check's dependency bookkeeping. (The CUDA throughput rows: test_bench_cli.py; what needs a GPU:
+test_cuda_parity.py and `make gpu-check`.)"""
 from __future__ import annotations
 
 import importlib.util
@@ -19,22 +20,6 @@ def _gpu_check():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def test_cuda_throughput_rows_cover_both_amp_dtypes_at_batch_1_and_256(capsys, tmp_path, monkeypatch):
-    from bench import cli
-
-    monkeypatch.chdir(tmp_path)
-    code = cli.main(["run", "tf_efficientnet_cc_b0_4e", "--device", "cuda", "--checks", "throughput", "--no-docs",
-                     "--format", "json"])
-    import json
-
-    rows = json.loads(capsys.readouterr().out)["results"]
-    assert code == 0
-    assert sorted((r["dtype"], r["batch_size"]) for r in rows) == [
-        ("bfloat16-amp", 1), ("bfloat16-amp", 256), ("float16-amp", 1), ("float16-amp", 256)]
-    if not torch.cuda.is_available():
-        assert all(r["status"] == "skip" and "CUDA" in r["reason"] for r in rows)
 
 
 def test_cudnn_autotuner_is_off_inside_and_restored_after():
