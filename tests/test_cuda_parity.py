@@ -7,7 +7,6 @@ precision: the same top-1 as timm's fp32 model on at least 99% of a random batch
 """
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
