@@ -441,7 +441,9 @@ def run(args: argparse.Namespace) -> int:
     args.repeats = 7 if args.repeats is None else args.repeats
     if not args.no_store and not args.memory_probe:
         store.check_store(args.results)
-    args.gpu_dtypes = tuple(d.strip() for d in args.gpu_dtypes.split(","))
+    args.gpu_dtypes = tuple(d.strip() for d in args.gpu_dtypes.split(",") if d.strip())
+    if not args.gpu_dtypes or not set(args.gpu_dtypes) <= {"bfloat16", "float16"}:
+        raise UsageError("--gpu-dtypes takes bfloat16 and/or float16 (AMP dtypes), comma-separated")
     if args.memory_probe:
         return _memory_probe(args.memory_probe, args.ids[0], args.batch_sizes[0], args.index)
 

@@ -16,7 +16,8 @@ runs, each under a time limit, from a scratch folder (so the installed copy is w
 4. accuracy through ``torchrun --nproc_per_node=1`` (nccl) on generated images and weights.
 
 Output goes to the terminal and, when $OUT is set, to $OUT/gpu_check.log. Exit 0 when every step did what it
-should; 1 otherwise. Only the standard library is imported here.
+should, 1 when one did not, 2 without a wheelhouse or (without --dry-run) without CUDA. Only the standard
+library is imported here.
 """
 from __future__ import annotations
 
@@ -135,6 +136,7 @@ class Check:
     def __init__(self, dry: bool):
         self.dry = dry
         self.failures: list[str] = []
+        self.no_wheelhouse = False
         self.figures: list[str] = []
         out = os.environ.get("OUT")
         self.log_file = open(Path(out) / "gpu_check.log", "w", encoding="utf-8") if out else None
@@ -175,6 +177,7 @@ class Check:
             self.log(f"no wheelhouse at {WHEELHOUSE}: run `make gpu-wheels` (or scripts/gpu_check.py wheels) first, "
                      "where pip can reach PyPI")
             self.failures.append("install: no wheelhouse")
+            self.no_wheelhouse = True
             return False
         unmet = unmet_requirements(wheels)
         if unmet:
@@ -261,6 +264,12 @@ class Check:
                                 f"{rows[0]['extra']['images']} generated images evaluated in {seconds:.0f} s")
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def _run(self) -> int:
         started = time.perf_counter()
         if not self.dry:
             probe = subprocess.run([self.python, "-c", "import torch; print(torch.cuda.is_available())"],
@@ -270,21 +279,18 @@ class Check:
                 return 2
         else:
             self.log("dry run: no CUDA parts (bench rows skip, compare exits 2, parity tests skip, accuracy on gloo)")
-        try:
-            if self.install():
-                self.bench_run()
-                self.compare()
-                self.parity_tests()
-                self.torchrun_accuracy()
-        finally:
-            shutil.rmtree(self.work, ignore_errors=True)
+        if self.install():
+            self.bench_run()
+            self.compare()
+            self.parity_tests()
+            self.torchrun_accuracy()
         total = time.perf_counter() - started
         self.log("\n=== figures")
         for line in self.figures:
             self.log(line)
         self.log(f"\ngpu check: {total:.0f} s in all (target < 360 s); "
                  + ("OK" if not self.failures else "FAILED: " + "; ".join(self.failures)))
-        return 0 if not self.failures else 1
+        return 2 if self.no_wheelhouse else 0 if not self.failures else 1
 
 
 GENERATE = r"""
