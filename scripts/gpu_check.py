@@ -315,9 +315,10 @@ print("generated", len(lines) - 1, "images and random weights for", model_id)
 
 
 def _json_tail(output: str) -> dict | None:
+    """The JSON report a step printed (stdout comes first in its output; whatever follows is ignored)."""
     start = output.find("{\n")
     try:
-        return json.loads(output[start:output.rfind("}") + 1]) if start >= 0 else None
+        return json.JSONDecoder().raw_decode(output[start:])[0] if start >= 0 else None
     except json.JSONDecodeError:
         return None
 
