@@ -75,3 +75,21 @@ def test_gpu_image_plus_carried_wheels_cover_every_runtime_requirement():
             if name not in have:
                 missing.append(f"{name} (required by {dist})")
     assert not missing, f"add to scripts/gpu_check.py CARRIED (or IMAGE if the GPU image has it): {missing}"
+
+
+def test_without_triton_everything_but_the_kernels_works():
+    """An install without triton: cc_models imports and runs, and the kernels report themselves unavailable."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['triton'] = None\n"  # import triton now raises ImportError
+        "import torch, cc_models, cc_models.kernels as k\n"
+        "from cc_models.layers import CondConv2d\n"
+        "layer = CondConv2d(8, 8, 3, 2, groups=8, num_experts=4).eval()\n"
+        "with torch.inference_mode(): out = layer(torch.randn(2, 8, 9, 9), torch.rand(2, 4))\n"
+        "assert out.shape == (2, 8, 5, 5) and not k.available()\n"
+        "assert k.cuda_forward(layer, torch.randn(2, 8, 9, 9), torch.rand(2, 4)) is None\n"
+        "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
