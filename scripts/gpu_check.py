@@ -37,11 +37,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 WHEELHOUSE = REPO / ".gpu-wheels"
 DEVICE_PYTHON = "3.12"  # the GPU image's python3 (KINDS.md)
-# Runtime requirements the GPU image lacks (KINDS.md's package list), carried as wheels at this venv's versions.
+# Runtime requirements the GPU image lacks, or has at a version ours do not accept (its huggingface_hub is 1.x),
+# carried as wheels at this venv's versions, with what those need (pure-python ones shadow the image's copies).
 CARRIED = ("jsonschema", "jsonschema-specifications", "referencing", "rpds-py", "fvcore", "iopath", "yacs",
-           "termcolor", "latex2mathml")
+           "termcolor", "latex2mathml", "huggingface-hub", "httpx2", "httpcore2", "truststore", "click", "anyio",
+           "idna", "h11", "filelock")
 COMPILED = ("rpds-py",)  # no pure-python wheel: downloaded for the image's python and platform
-# What the image already holds, as KINDS.md lists it (normalised names; only what our requirements can touch).
+# What the image already holds, as KINDS.md lists it (normalised names; only what our requirements can touch),
+# and the versions KINDS.md's pip list gives (others unknown: taken as meeting our lower bounds).
 IMAGE = {"torch", "torchvision", "triton", "timm", "numpy", "pandas", "matplotlib", "huggingface-hub", "safetensors",
          "pyyaml", "jinja2", "markupsafe", "pillow", "rich", "tqdm", "portalocker", "tabulate", "attrs",
          "typing-extensions", "packaging", "filelock", "fsspec", "requests", "httpx", "pygments", "markdown-it-py",
@@ -49,6 +52,11 @@ IMAGE = {"torch", "torchvision", "triton", "timm", "numpy", "pandas", "matplotli
          "hf-xet", "shellingham", "typer", "click", "anyio", "idna", "certifi", "h11", "httpcore", "sympy",
          "networkx", "mpmath", "setuptools", "pytest", "pluggy", "iniconfig", "colorama", "hypothesis",
          "sortedcontainers", "charset-normalizer", "urllib3"}
+IMAGE_VERSIONS = {"torch": "2.11.0", "torchvision": "0.26.0", "triton": "3.6.0", "numpy": "2.5.2",
+                  "huggingface-hub": "1.33.0", "safetensors": "0.8.0"}
+DEVICE_MARKERS = {"python_version": DEVICE_PYTHON, "python_full_version": DEVICE_PYTHON + ".3", "os_name": "posix",
+                  "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64",
+                  "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
 STEP_LIMITS_S = {"bench run": 150, "compare": 180, "parity tests": 180, "torchrun accuracy": 90}
 
 
@@ -75,30 +83,36 @@ def build_wheels() -> int:
     return 0
 
 
-def unmet_requirements(wheels: list[Path], python: str = DEVICE_PYTHON) -> list[str]:
-    """Requirements of the wheels (extras aside) met neither by the image nor by another wheel."""
-    provided, needs = set(IMAGE), []
-    for wheel in wheels:
-        with zipfile.ZipFile(wheel) as z:
-            meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
-        provided.add(_name(re.search(r"^Name: (.+)$", meta, re.M)[1].strip()))
-        for req in re.findall(r"^Requires-Dist: (.+)$", meta, re.M):
-            spec, _, marker = req.partition(";")
-            if "extra" in marker or ("python_version" in marker and not _python_marker(marker, python)):
+def unmet_requirements(dists: list[tuple[str, str, list[str]]]) -> list[str]:
+    """Requirements of ``dists`` (name, version, Requires-Dist lines) that neither another of them nor the GPU
+    image meets, evaluated for the image's python and platform."""
+    from packaging.requirements import Requirement  # pip's own dependency, on the image too
+    from packaging.utils import canonicalize_name
+
+    carried = {canonicalize_name(name): version for name, version, _ in dists}
+    unmet = set()
+    for name, _, requires in dists:
+        for text in requires:
+            req = Requirement(text)
+            if req.marker is not None and not req.marker.evaluate(DEVICE_MARKERS):
                 continue
-            needs.append((wheel.name, _name(re.match(r"[A-Za-z0-9_.\-]+", spec.strip())[0])))
-    return sorted({f"{name} (needed by {wheel})" for wheel, name in needs if name not in provided})
+            key = canonicalize_name(req.name)
+            if key not in carried and key not in IMAGE:
+                unmet.add(f"{key} (needed by {name})")
+                continue
+            version = carried.get(key) or IMAGE_VERSIONS.get(key)
+            if version is not None and not req.specifier.contains(version, prereleases=True):
+                where = "carried" if key in carried else "on the image"
+                unmet.add(f"{key}{req.specifier} (needed by {name}; {version} {where})")
+    return sorted(unmet)
 
 
-def _python_marker(marker: str, python: str) -> bool:
-    """A ``python_version`` marker evaluated for ``python`` (the only markers our requirements use)."""
-    version = tuple(int(p) for p in python.split("."))
-    for op, value in re.findall(r'python_version\s*([<>=!]=?)\s*"([\d.]+)"', marker):
-        other = tuple(int(p) for p in value.split("."))
-        if not {"<": version < other, "<=": version <= other, ">": version > other, ">=": version >= other,
-                "==": version == other, "!=": version != other}[op]:
-            return False
-    return True
+def wheel_metadata(wheel: Path) -> tuple[str, str, list[str]]:
+    """(name, version, Requires-Dist lines) of a wheel file."""
+    with zipfile.ZipFile(wheel) as z:
+        meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    field = lambda key: re.search(rf"^{key}: (.+)$", meta, re.M)[1].strip()  # noqa: E731
+    return field("Name"), field("Version"), [r.strip() for r in re.findall(r"^Requires-Dist: (.+)$", meta, re.M)]
 
 
 def image_like_python(folder: Path) -> str:
@@ -179,7 +193,7 @@ class Check:
             self.failures.append("install: no wheelhouse")
             self.no_wheelhouse = True
             return False
-        unmet = unmet_requirements(wheels)
+        unmet = unmet_requirements([wheel_metadata(w) for w in wheels])
         if unmet:
             self.failures.append("install: requirements the image and the wheelhouse lack: " + ", ".join(unmet))
             self.log(self.failures[-1])
