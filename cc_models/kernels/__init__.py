@@ -3,7 +3,7 @@
 ``CondConv2d.forward`` calls :func:`cuda_forward` for CUDA inputs. It returns None
 (the layer then runs its own PyTorch form) where the kernels do not apply: triton
 missing, autograd needed, a layer shape they do not cover (dilation, grouped but
-not depthwise, strided or padded 1x1), or float64. Nothing here is imported on a
+not depthwise, strided or padded 1x1), float64, or an empty batch. Nothing here is imported on a
 CPU-only path, so an install without triton behaves exactly as before.
 
 The layer's PyTorch form on CUDA runs its batch-grouped convolution with cuDNN's
@@ -55,7 +55,7 @@ def cuda_forward(layer: "CondConv2d", x: torch.Tensor, routing: torch.Tensor) ->
     if torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad or routing.requires_grad):
         return None  # the kernels have no backward: training keeps the differentiable form
     dtype = compute_dtype(x)
-    if dtype not in DTYPES or layer.dilation != (1, 1):
+    if dtype not in DTYPES or layer.dilation != (1, 1) or x.dim() != 4 or x.numel() == 0:
         return None
     depthwise, pointwise = kernels
     act = getattr(layer, "epilogue_act", None)
