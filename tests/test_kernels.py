@@ -132,14 +132,14 @@ def _tf_same_pads(h: int, w: int, k: int, s: int) -> tuple[int, int, int, int]:
 
 
 @pytest.mark.parametrize("case", [
-    # (k, stride, expert bias, static bias, SiLU)
-    (3, 2, True, False, False),
-    (5, 1, False, True, True),
-    (1, 1, True, True, True),
-    (1, 1, False, False, True),
+    # (k, stride, expert bias, static bias, SiLU, channels_last)
+    (3, 2, True, False, False, False),
+    (5, 1, False, True, True, True),
+    (1, 1, True, True, True, True),
+    (1, 1, False, False, True, False),
 ])
 def test_epilogue_bias_and_activation(interpreted, case):
-    k, stride, expert_bias, static_bias, act = case
+    k, stride, expert_bias, static_bias, act, channels_last = case
     channels = 16
     layer = CondConv2d(channels, channels, k, stride, groups=1 if k == 1 else channels, bias=expert_bias,
                        num_experts=4).eval()
@@ -148,7 +148,7 @@ def test_epilogue_bias_and_activation(interpreted, case):
         layer.static_bias = torch.randn(channels)
     if act:
         layer.epilogue_act = "silu"
-    x, routing = _inputs(2, channels, 7, 6, 4, channels_last=True, seed=5)
+    x, routing = _inputs(2, channels, 7, 6, 4, channels_last=channels_last, seed=5)
     with torch.inference_mode():
         got = kernels.cuda_forward(layer, x, routing)
         unkernelled = layer(x, routing)  # the CPU form, which applies epilogue_act itself
