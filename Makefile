@@ -3,7 +3,7 @@
 #   make test   create .venv if missing, install cc-hub with test+docs+onnx extras (and Chromium), run pytest
 #   make publish  copy the local runs into results/ and regenerate docs/ (the only target that changes them)
 #   make gpu-wheels     build .gpu-wheels/: our wheel + the runtime deps the GPU image lacks (needs PyPI)
-#   make gpu-check      on a CUDA machine (no network): install from .gpu-wheels/, run the GPU check (< 6 min)
+#   make gpu-check      on a CUDA machine (no network): install from .gpu-wheels/, run the GPU check (meant to take < 6 min)
 #   make gpu-check-dry  the same steps here without CUDA, in a python that sees only the GPU image's packages
 PYTHON ?= python3
 VENV   ?= .venv

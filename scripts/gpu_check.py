@@ -215,8 +215,8 @@ class Check:
 
     def bench_run(self) -> None:
         results = self.work / "results-run"
-        cmd = [self.python, "-m", "bench.cli", "run", "--all", "--device", "cuda", "--results", str(results),
-               "--no-docs", "--format", "json"]
+        cmd = [self.python, "-m", "bench", "run", "--all", "--device", "cuda", "--results", str(results),
+               "--format", "json"]
         code, output, seconds = self.step("bench run", cmd)
         report = _json_tail(output)
         if report is None:
@@ -236,8 +236,8 @@ class Check:
                                 f"(peak {r['extra'].get('peak_memory_mib') or 0:.0f} MiB, {r['status']})")
 
     def compare(self) -> None:
-        cmd = [self.python, "-m", "bench.cli", "compare", "--device", "cuda", "--results",
-               str(self.work / "results-compare"), "--no-docs", "--repeats", "10"]
+        cmd = [self.python, "-m", "bench", "compare", "--device", "cuda", "--results",
+               str(self.work / "results-compare"), "--repeats", "10"]
         code, output, seconds = self.step("compare", cmd, ok_codes=(2,) if self.dry else (0,))
         if not self.dry:
             summary = output[output.rfind("\nmodel "):] if "\nmodel " in output else output[-3000:]
@@ -262,9 +262,9 @@ class Check:
             return
         device = "cpu" if self.dry else "cuda"
         cmd = [self.python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m",
-               "bench.accuracy", model_id, "--imagenet", str(data), "--checkpoint-dir", str(ckpt), "--device", device,
-               "--workers", "0", "--eval-batch-size", "16", "--results", str(self.work / "results-acc"),
-               "--no-docs", "--format", "json"]
+               "bench", "run", model_id, "--checks", "accuracy", "--imagenet", str(data), "--checkpoint-dir",
+               str(ckpt), "--device", device, "--workers", "0", "--eval-batch-size", "16", "--results",
+               str(self.work / "results-acc"), "--format", "json"]
         # exit 1 expected: random weights fail the index's accuracy claims; what matters is that it measured
         code, output, seconds = self.step("torchrun accuracy", cmd, ok_codes=(0, 1))
         report = _json_tail(output)

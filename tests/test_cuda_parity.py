@@ -18,10 +18,7 @@ import cc_models
 import cc_models.kernels as kernels
 from cc_models.layers import CondConv2d
 
-try:
-    from model_oracle import VARIANTS, timm_and_ours
-except ImportError:  # tests/ imported as a package
-    from tests.model_oracle import VARIANTS, timm_and_ours
+from model_oracle import VARIANTS, timm_and_ours
 
 TOL = 1e-4
 AGREEMENT = 0.99

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import torch
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..layers import CondConv2d
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -47,8 +44,9 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def cuda_forward(layer: "CondConv2d", x: torch.Tensor, routing: torch.Tensor) -> torch.Tensor | None:
-    """The layer's output through the Triton kernels, or None where they do not apply."""
+def cuda_forward(layer: torch.nn.Module, x: torch.Tensor, routing: torch.Tensor) -> torch.Tensor | None:
+    """The output of ``layer`` (a ``cc_models.layers.CondConv2d``, which calls this: no import back, no cycle)
+    through the Triton kernels, or None where they do not apply."""
     kernels = _kernels()
     if kernels is None or torch.jit.is_tracing():
         return None
@@ -97,12 +95,11 @@ def fold_activations_(model: torch.nn.Module) -> torch.nn.Module:
     For a fused model (``model.fuse()`` first: BatchNorm folded, leaving the bare activation after the
     conv). On CUDA the kernels then apply it in their epilogue instead of a separate pass over the output.
     """
-    from ..layers import CondConv2d
-
     for module in list(model.modules()):
         for conv_name, after_name in getattr(module, "fuse_pairs", ()):
             conv, after = getattr(module, conv_name), getattr(module, after_name)
-            if isinstance(conv, CondConv2d) and conv.epilogue_act is None and isinstance(after, torch.nn.SiLU):
+            # CondConv2d by its epilogue slot (None = free); plain convs have none
+            if getattr(conv, "epilogue_act", "absent") is None and isinstance(after, torch.nn.SiLU):
                 conv.epilogue_act = "silu"
                 setattr(module, after_name, torch.nn.Identity())
     return model
