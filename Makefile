@@ -2,13 +2,16 @@
 #   make run    create .venv if missing, install cc-hub, run `cc-bench run --all` (into .cc-bench/, git-ignored)
 #   make test   create .venv if missing, install cc-hub with test+docs+onnx extras (and Chromium), run pytest
 #   make publish  copy the local runs into results/ and regenerate docs/ (the only target that changes them)
+#   make gpu-wheels     build .gpu-wheels/: our wheel + the runtime deps the GPU image lacks (needs PyPI)
+#   make gpu-check      on a CUDA machine (no network): install from .gpu-wheels/, run the GPU check (meant to take < 6 min)
+#   make gpu-check-dry  the same steps here without CUDA, in a python that sees only the GPU image's packages
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Re-install when the project's metadata changes.
 STAMP  := $(VENV)/.cc-hub-installed
 
-.PHONY: setup run test browser validate publish docs docs-check serve compare clean
+.PHONY: setup run test browser validate publish docs docs-check serve compare gpu-wheels gpu-check gpu-check-dry clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,5 +58,15 @@ serve: docs
 compare: setup
 	$(BIN)/cc-bench compare --against timm
 
+gpu-wheels: setup
+	$(BIN)/python scripts/gpu_check.py wheels
+
+# The GPU image's own python3 (torch, timm, triton...); nothing of ours needs to be installed there first.
+gpu-check:
+	python3 scripts/gpu_check.py
+
+gpu-check-dry: gpu-wheels
+	$(BIN)/python scripts/gpu_check.py --dry-run
+
 clean:
-	rm -rf $(VENV) build dist site *.egg-info .pytest_cache .cc-bench
+	rm -rf $(VENV) build dist site *.egg-info .pytest_cache .cc-bench .gpu-wheels

@@ -88,7 +88,7 @@ def _settings(args: argparse.Namespace, names: tuple[str, ...], world: int):
         cuda_unavailable=cuda_unavailable if cuda else None,
         imagenet=imagenet,
         checkpoint_dir=args.checkpoint_dir,
-        batch_sizes=options.flat(args.batch_sizes) or ((256,) if cuda else (1, 32)),
+        batch_sizes=options.flat(args.batch_sizes) or ((1, 256) if cuda else (1, 32)),
         eval_batch_size=args.eval_batch_size or (256 if cuda else 32),
         workers=args.workers if args.workers is not None else min(4, max(1, (os.cpu_count() or 1) // world)),
         warmup=args.warmup if args.warmup is not None else (5 if cuda else 1),

@@ -23,6 +23,13 @@ when the onnx extra is installed (exported in a child process, see
 resident set (build + one forward at the batch size), measured the same way
 for both.
 
+On CUDA (``--device cuda``): the parity check is repeated there in fp32 with
+TF32 off (ours through the Triton kernels); each AMP dtype is timed at batch
+256, all eager, and at batch 1 with ours as a CUDA graph
+(``cc_models.cuda_graph``) against timm and the plain model eager. Peak memory
+is ``torch.cuda.max_memory_allocated`` of one forward (ours at batch 1: of the
+graph's capture) plus the model's own parameters and buffers.
+
 The process starts with ``cc_models.runtime.tune_cpu`` (glibc malloc tuned,
 denormals flushed) unless ``--no-tune-cpu``; the run record states the
 allocator. timm is optional: without it the command says so and exits 2.
@@ -58,7 +65,8 @@ TOLERANCE = 1e-4
 # and ours / our plain model (at least 0.9: CondConv costs at most 10%).
 TARGETS_CPU = {1: 1.3, 32: 1.3}
 TARGET_VS_PLAIN = 0.9
-TARGET_GPU = 1.3
+TARGETS_GPU = {1: 4.0, 256: 5.0}  # batch 1: ours as a CUDA graph vs timm eager; 256: both eager
+TARGET_VS_PLAIN_GPU = 0.95
 DESCRIPTION = ("Build our model and timm's with the same weights, check their outputs agree within 1e-4 (unfused, "
                "fused, channels_last), then time every contender interleaved in one process: ours, our plain "
                "EfficientNet (no CondConv), timm eager, channels_last and traced+frozen, and ONNX Runtime when "
@@ -82,6 +90,9 @@ class Row:
     peak_rss_ours_mib: float | None = None
     peak_rss_timm_mib: float | None = None
     compiled: dict | None = None
+    ours_form: str = "fused + channels_last"
+    peak_cuda_ours_mib: float | None = None  # torch.cuda.max_memory_allocated of one forward (or graph capture)
+    peak_cuda_timm_mib: float | None = None
     ours: float = field(init=False)
     timm: float = field(init=False)
     ratio: float = field(init=False)
@@ -149,6 +160,9 @@ CONTENDERS: list[Contender] = [
               lambda m, x: _channels_last(m.plain, x)),
     Contender("timm_eager", "timm eager, NCHW", "timm", ("cpu",), lambda m, x: (lambda: m.timm(x))),
     Contender("timm_channels_last", "timm eager, channels_last", "timm", ("cpu", "cuda"), _timm_channels_last),
+    # Issue 11's GPU reference: timm's own plain EfficientNet of the same size, as timm's benchmark runs it.
+    Contender("timm_plain", "timm plain EfficientNet (no CondConv), channels_last", "plain", ("cuda",),
+              lambda m, x: _channels_last(copy.deepcopy(m.timm_plain).to(memory_format=torch.channels_last), x)),
     Contender("timm_traced_frozen", "timm traced + frozen + optimize_for_inference, channels_last", "timm",
               ("cpu",), _timm_traced_frozen),
 ]
@@ -193,8 +207,26 @@ def paired_models(entry, index, checkpoint_dir: Path | None, seed: int = 0) -> t
 
 
 def inference_form(model: nn.Module, device: str) -> nn.Module:
-    """Ours as a user runs it for inference: fused, channels_last, on ``device``."""
-    return model.fuse().to(device=device, memory_format=torch.channels_last)
+    """Ours as a user runs it for inference: fused, channels_last, on ``device`` (on CUDA, the SiLUs after the
+    CondConvs in the Triton kernels' epilogue)."""
+    model = model.fuse().to(device=device, memory_format=torch.channels_last)
+    if device == "cuda":
+        from cc_models.kernels import fold_activations_
+
+        fold_activations_(model)
+    return model
+
+
+def peak_cuda_mib(fn: Callable[[], object], model: nn.Module) -> float:
+    """Peak CUDA memory of a process holding only ``model`` while ``fn`` runs: its parameters and buffers plus
+    the most ``fn`` allocated above what was allocated before it (torch.cuda.max_memory_allocated)."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    own = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    return (torch.cuda.max_memory_allocated() - before + own) / 2**20
 
 
 def plain_models(entry, index, seed: int = 0) -> tuple[nn.Module, nn.Module] | tuple[None, None]:
@@ -236,6 +268,22 @@ def check_parity(ours: nn.Module, theirs: nn.Module, input_size: tuple[int, int,
         raise CompareError(f"outputs differ from timm's beyond {TOLERANCE:g}: {bad} (logits up to {scale:.3g}); "
                            "timing would compare different computations")
     return {**diffs, "logit_scale": scale}
+
+
+def check_cuda_parity(ours: nn.Module, theirs: nn.Module, input_size: tuple[int, int, int]) -> float:
+    """Max |ours - timm| of the logits on CUDA in fp32 with TF32 off (ours through the Triton kernels)."""
+    x = torch.randn(2, *input_size, generator=torch.Generator().manual_seed(1)).cuda()
+    matmul_tf32, cudnn_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            diff = (ours(x.contiguous(memory_format=torch.channels_last)) - theirs(x)).abs().max().item()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul_tf32, cudnn_tf32
+    if not diff <= TOLERANCE:
+        raise CompareError(f"on CUDA (fp32, TF32 off) outputs differ from timm's by {diff:.3g} > {TOLERANCE:g}; "
+                           "timing would compare different computations")
+    return diff
 
 
 def time_interleaved(runners: dict[str, Callable[[], object]], *, warmup: int, repeats: int, device: str,
@@ -340,9 +388,14 @@ def compare_variant(entry, index, args, device: str, log: Callable[[str], None])
             extra_contenders.append(Contender(
                 "onnxruntime", "ONNX Runtime (CPU) serving our exported model", "ours", ("cpu",),
                 lambda m, x, run=ort.runner: (lambda r=run(x): torch.from_numpy(r()[0]))))
-    models = Models(ours.to(device), theirs.to(device), plain.to(device) if plain is not None else None,
-                    timm_plain.to(device) if timm_plain is not None else None)
     gpu = device == "cuda"
+    # fused by check_parity already: this places them (and folds the SiLUs into the kernels, on CUDA)
+    models = Models(inference_form(ours, device), theirs.to(device),
+                    inference_form(plain, device) if plain is not None else None,
+                    timm_plain.to(device) if timm_plain is not None else None)
+    if gpu:
+        parity["cuda_fp32"] = check_cuda_parity(models.ours, models.timm, entry.data.input_size)
+        log(f"{entry.id}: on CUDA (fp32, TF32 off) outputs agree with timm (max |diff| {parity['cuda_fp32']:.2e})")
     contenders = [c for c in contenders_for(device) if c.family != "plain" or plain is not None] + extra_contenders
     rows = []
     dtypes = args.gpu_dtypes if gpu else ("float32",)
@@ -353,12 +406,19 @@ def compare_variant(entry, index, args, device: str, log: Callable[[str], None])
             parity[f"batch_{bs}"] = check_contenders(runners, contenders, models, x)
         for dtype in dtypes:
             autocast = torch.autocast("cuda", dtype=getattr(torch, dtype)) if gpu else None
-            times = time_interleaved(runners, warmup=args.warmup, repeats=args.repeats, device=device,
+            timed, peaks = runners, {}
+            if gpu:
+                timed = dict(runners)
+                peaks = cuda_forms(timed, models, x.contiguous(memory_format=torch.channels_last),
+                                   autocast_dtype=getattr(torch, dtype))
+            times = time_interleaved(timed, warmup=args.warmup, repeats=args.repeats, device=device,
                                      autocast=autocast)
             ips = {n: bs / statistics.median(t) for n, t in times.items()}
             timm_form = max((c.name for c in contenders if c.family == "timm"), key=ips.__getitem__)
             row = Row(entry.id, bs, dtype + ("-amp" if gpu else ""), ips,
-                      {n: [round(v, 6) for v in t] for n, t in times.items()}, timm_form, plain_reference(entry.id))
+                      {n: [round(v, 6) for v in t] for n, t in times.items()}, timm_form, plain_reference(entry.id),
+                      ours_form=peaks.get("form", "fused + channels_last"), peak_cuda_ours_mib=peaks.get("ours"),
+                      peak_cuda_timm_mib=peaks.get("timm"))
             if args.memory and not gpu:
                 row.peak_rss_ours_mib = peak_rss_mib("ours", entry.id, bs, args)
                 row.peak_rss_timm_mib = peak_rss_mib("timm", entry.id, bs, args)
@@ -369,6 +429,26 @@ def compare_variant(entry, index, args, device: str, log: Callable[[str], None])
             log(format_row(row))
             rows.append(row)
     return rows, parity
+
+
+def cuda_forms(runners: dict[str, Runner], models: Models, x: torch.Tensor, *, autocast_dtype: torch.dtype) -> dict:
+    """On CUDA at batch 1, replace ours by its CUDA-graph form (``cc_models.cuda_graph``; timm stays eager, as its
+    users run it); measure each model's peak CUDA memory (ours: the graph's capture, which holds its memory)."""
+    import cc_models
+
+    out: dict = {"form": "fused + channels_last + Triton kernels"}
+    with torch.inference_mode(), torch.autocast("cuda", dtype=autocast_dtype):
+        out["timm"] = peak_cuda_mib(runners["timm_channels_last"], models.timm)
+        if x.shape[0] == 1:
+            box = {}
+            out["ours"] = peak_cuda_mib(
+                lambda: box.update(run=cc_models.cuda_graph(models.ours, x, autocast_dtype=autocast_dtype)),
+                models.ours)
+            runners["ours"] = lambda: box["run"](x)
+            out["form"] += " + CUDA graph"
+        else:
+            out["ours"] = peak_cuda_mib(runners["ours"], models.ours)
+    return out
 
 
 def compile_and_time(ours, theirs, x_ours, x_timm, args, device, autocast) -> dict:
@@ -397,12 +477,19 @@ def _target(value: float | None, target: float | None) -> str:
 
 
 def format_row(r: Row) -> str:
-    target = TARGET_GPU if r.dtype.endswith("-amp") else TARGETS_CPU.get(r.batch_size)
+    gpu = r.dtype.endswith("-amp")
+    target = (TARGETS_GPU if gpu else TARGETS_CPU).get(r.batch_size)
     others = ", ".join(f"{n} {v:.2f}" for n, v in r.images_per_s.items() if n != "ours")
-    text = (f"{r.model_id} bs={r.batch_size} {r.dtype}: ours {r.ours:.2f} img/s ({others}); "
+    graph = " (CUDA graph)" if "graph" in r.ours_form else ""
+    text = (f"{r.model_id} bs={r.batch_size} {r.dtype}: ours{graph} {r.ours:.2f} img/s ({others}); "
             f"ours / best timm ({r.timm_form}) {r.ratio:.2f}x{_target(r.ratio, target)}")
     if r.ratio_vs_plain is not None:
-        text += f"; ours / plain {r.ratio_vs_plain:.2f}x{_target(r.ratio_vs_plain, TARGET_VS_PLAIN)}"
+        text += f"; ours / plain {r.ratio_vs_plain:.2f}x{'' if gpu else _target(r.ratio_vs_plain, TARGET_VS_PLAIN)}"
+    if "timm_plain" in r.images_per_s:
+        vs = r.ours / r.images_per_s["timm_plain"]
+        text += f"; ours / timm {r.plain_id} {vs:.2f}x{_target(vs, TARGET_VS_PLAIN_GPU)}"
+    if r.peak_cuda_ours_mib is not None and r.peak_cuda_timm_mib is not None:
+        text += f"; peak CUDA memory ours {r.peak_cuda_ours_mib:.0f} MiB, timm {r.peak_cuda_timm_mib:.0f} MiB"
     if r.peak_rss_ours_mib is not None and r.peak_rss_timm_mib is not None:
         text += f"; peak RSS ours {r.peak_rss_ours_mib:.0f} MiB, timm {r.peak_rss_timm_mib:.0f} MiB"
     if r.compiled:
@@ -430,11 +517,12 @@ def store_rows(rows: Sequence[Row], parities: dict, args, environment: dict) -> 
         extra = {"parity_max_abs_diff": parities[r.model_id], "plain_reference": r.plain_id,
                  "timm_form": r.timm_form, "contenders": {n: labels.get(n, n) for n in r.images_per_s},
                  "times_s": r.times_s, "repeats": args.repeats, "warmup": args.warmup,
-                 "allocator": environment.get("allocator"), "compiled": r.compiled}
+                 "allocator": environment.get("allocator"), "ours_form": r.ours_form, "compiled": r.compiled}
         metrics = [(f"images_per_s_{n}", v, "img/s") for n, v in r.images_per_s.items()]
         metrics += [("images_per_s_timm", r.timm, "img/s"), ("ratio", r.ratio, "x"),
                     ("ratio_vs_plain", r.ratio_vs_plain, "x"), ("peak_rss_ours", r.peak_rss_ours_mib, "MiB"),
-                    ("peak_rss_timm", r.peak_rss_timm_mib, "MiB")]
+                    ("peak_rss_timm", r.peak_rss_timm_mib, "MiB"), ("peak_cuda_ours", r.peak_cuda_ours_mib, "MiB"),
+                    ("peak_cuda_timm", r.peak_cuda_timm_mib, "MiB")]
         for metric, value, unit in metrics:
             if value is None:
                 continue
@@ -478,12 +566,14 @@ def run(args: argparse.Namespace) -> int:
     device, why_not = env_mod.resolve_device(args.device)
     if device == "cuda" and why_not:
         raise UsageError(f"--device cuda: {why_not}")
-    args.batch_sizes = options.flat(args.batch_sizes) or ((256,) if device == "cuda" else (1, 32))
+    args.batch_sizes = options.flat(args.batch_sizes) or ((1, 256) if device == "cuda" else (1, 32))
     args.warmup = 2 if args.warmup is None else args.warmup
     args.repeats = 7 if args.repeats is None else args.repeats
     if not args.no_store and not args.memory_probe:
         store.check_store(args.results)
-    args.gpu_dtypes = tuple(d.strip() for d in args.gpu_dtypes.split(","))
+    args.gpu_dtypes = tuple(d.strip() for d in args.gpu_dtypes.split(",") if d.strip())
+    if not args.gpu_dtypes or not set(args.gpu_dtypes) <= {"bfloat16", "float16"}:
+        raise UsageError("--gpu-dtypes takes bfloat16 and/or float16 (AMP dtypes), comma-separated")
     if args.memory_probe:
         return _memory_probe(args.memory_probe, args.ids[0], args.batch_sizes[0], args.index)
 

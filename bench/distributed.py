@@ -1,7 +1,8 @@
 """Process-group plumbing for runs under ``torchrun`` (gloo on CPU, nccl on CUDA).
 
-Outside torchrun (no ``WORLD_SIZE`` > 1 in the environment) everything here is
-a no-op for a single process of rank 0.
+Outside torchrun everything here is a no-op for a single process of rank 0.
+Under torchrun the process group is joined even with one process
+(``--nproc_per_node=1``), so that the collectives (nccl on CUDA) really run.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ class Dist:
 
     @property
     def active(self) -> bool:
-        return self.world > 1
+        """True in a process group (under torchrun), even of one process."""
+        return self.backend is not None
 
     @property
     def is_main(self) -> bool:
@@ -40,10 +42,15 @@ def launched_world_size() -> int:
         return 1
 
 
+def launched_by_torchrun() -> bool:
+    """torchrun (torch.distributed.run) sets TORCHELASTIC_RUN_ID in every process it starts."""
+    return "TORCHELASTIC_RUN_ID" in os.environ and "MASTER_ADDR" in os.environ
+
+
 def init(device: str) -> Dist:
     """Join the process group torchrun set up; the backend follows ``device``."""
     world = launched_world_size()
-    if world <= 1:
+    if world <= 1 and not launched_by_torchrun():
         return SINGLE
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -58,7 +58,7 @@ def common_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
                    help="where models are timed (default auto: cuda if available)")
     p.add_argument("--batch-sizes", type=int_list, nargs="+", metavar="N",
-                   help="batch sizes to time, e.g. 1 32 or 1,32 (default: 1 32 on CPU, 256 on CUDA)")
+                   help="batch sizes to time, e.g. 1 32 or 1,32 (default: 1 32 on CPU, 1 256 on CUDA)")
     p.add_argument("--threads", type=positive_int, metavar="N", help="torch CPU threads (default: torch's default)")
     p.add_argument("--no-tune-cpu", dest="tune_cpu", action="store_false",
                    help="leave the allocator and denormal handling as the process started (default: glibc malloc "

@@ -5,8 +5,12 @@ The model is timed in the form a user runs for inference: BatchNorm folded
 channels_last.
 
 * CPU: fp32, ``time.perf_counter`` around each batch.
-* CUDA: AMP (float16 autocast), CUDA events around each batch (with a
-  synchronise), as timm's benchmark script measures.
+* CUDA: AMP in bfloat16 and in float16 (one timing each; the record says which),
+  the activations after the CondConvs folded into the Triton kernels' epilogue,
+  the whole forward captured as a CUDA graph (``cc_models.cuda_graph``: batch 1
+  is otherwise launch-bound), CUDA events around each replay, and the peak of
+  ``torch.cuda.max_memory_allocated`` over capture and timing. cuDNN's
+  autotuner is left as the user set it (the CondConv layers never need it).
 
 Each batch size gets ``warmup`` untimed runs, then timed runs until ``repeats``
 are done, or (after at least ``MIN_REPEATS``) once the next run would exceed
@@ -25,6 +29,7 @@ import torch
 from torch import nn
 
 MIN_REPEATS = 2
+AMP_DTYPES = {"bfloat16-amp": torch.bfloat16, "float16-amp": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class Timing:
     dtype: str
     channels_last: bool
     timer: str
+    cuda_graph: bool = False
+    peak_memory_mib: float | None = None
 
     def to_extra(self) -> dict:
         d = asdict(self)
@@ -49,22 +56,21 @@ class Timing:
         return d
 
 
-def settings_for(device: str) -> tuple[str, bool]:
-    """``(dtype label, channels_last)`` used on ``device``."""
-    return ("float16-amp", True) if device == "cuda" else ("float32", True)
+def dtypes_for(device: str) -> tuple[str, ...]:
+    """The dtype labels timed on ``device``, one throughput row each."""
+    return tuple(AMP_DTYPES) if device == "cuda" else ("float32",)
 
 
 def prepare(model: nn.Module, device: str) -> nn.Module:
-    """A fused copy of ``model`` placed for timing on ``device``."""
-    _, channels_last = settings_for(device)
+    """A fused, channels_last copy of ``model`` placed for timing on ``device``."""
     model = copy.deepcopy(model).eval().to(device)
     if hasattr(model, "fuse"):
         model.fuse()
     if device == "cuda":
-        torch.backends.cudnn.benchmark = True  # pick the fastest kernels during warm-up, as timm's benchmark does
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model
+        from cc_models.kernels import fold_activations_
+
+        fold_activations_(model)
+    return model.to(memory_format=torch.channels_last)
 
 
 def timer(device: str) -> Callable[[Callable[[], object]], float]:
@@ -87,22 +93,31 @@ def timer(device: str) -> Callable[[Callable[[], object]], float]:
 
 
 def measure(model: nn.Module, input_size: tuple[int, int, int], batch_size: int, *, device: str = "cpu",
-            warmup: int = 1, repeats: int = 3, budget_s: float = 5.0,
+            dtype: str | None = None, warmup: int = 1, repeats: int = 3, budget_s: float = 5.0,
             advance: Callable[[float], None] | None = None) -> Timing:
     """Time ``model`` (already :func:`prepare`d for ``device``) on random batches of ``batch_size``."""
-    dtype, channels_last = settings_for(device)
     cuda = device == "cuda"
-    x = torch.randn(batch_size, *input_size, device=device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else contextlib.nullcontext()
+    dtype = dtype or dtypes_for(device)[0]
+    x = torch.randn(batch_size, *input_size, device=device).contiguous(memory_format=torch.channels_last)
     times: list[float] = []
     time_call = timer(device)
+    if cuda:
+        import cc_models
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        graph = cc_models.cuda_graph(model, x, autocast_dtype=AMP_DTYPES[dtype])
+
+        def forward() -> object:
+            return graph(x)
+    else:
+        def forward() -> object:
+            return model(x)
 
     def once() -> float:
-        return time_call(lambda: model(x))
+        return time_call(forward)
 
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode() if not cuda else contextlib.nullcontext():  # the graph holds its own mode
         for _ in range(max(0, warmup)):
             once()
             if advance:
@@ -115,7 +130,8 @@ def measure(model: nn.Module, input_size: tuple[int, int, int], batch_size: int,
             spent += times[-1]
             if advance:
                 advance(1)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     median = statistics.median(times)
     return Timing(batch_size=batch_size, images_per_s=batch_size / median, median_s=median, times_s=tuple(times),
-                  warmup=warmup, device=device, dtype=dtype, channels_last=channels_last,
-                  timer="cuda events" if cuda else "time.perf_counter")
+                  warmup=warmup, device=device, dtype=dtype, channels_last=True,
+                  timer="cuda events" if cuda else "time.perf_counter", cuda_graph=cuda, peak_memory_mib=peak)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from .cuda_graph import cuda_graph
 from .efficientnet import EfficientNet, build_efficientnet
 from .factory import build_model, create_transform, data_config, from_index, get_entry, list_models, pretrained_cfg
 
 __all__ = [
-    "EfficientNet", "build_efficientnet", "build_model", "create_transform", "data_config", "from_index", "get_entry",
-    "export_onnx", "list_models", "load_pretrained", "pretrained_cfg",
+    "EfficientNet", "build_efficientnet", "build_model", "create_transform", "cuda_graph", "data_config", "from_index",
+    "get_entry", "export_onnx", "list_models", "load_pretrained", "pretrained_cfg",
 ]
 
 

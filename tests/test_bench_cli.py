@@ -170,4 +170,5 @@ def test_cuda_requested_without_gpu_skips_device_checks(tmp_path, capsys, monkey
     assert {r["check"] for r in report["results"]} == {"accuracy", "throughput"}
     for r in report["results"]:
         assert r["status"] == "skip" and "CUDA" in r["reason"], r
-    assert [r["batch_size"] for r in report["results"] if r["check"] == "throughput"] == [256]
+    assert [(r["dtype"], r["batch_size"]) for r in report["results"] if r["check"] == "throughput"] == [
+        ("bfloat16-amp", 1), ("bfloat16-amp", 256), ("float16-amp", 1), ("float16-amp", 256)]

@@ -28,9 +28,9 @@ REGRESSION_DROP = 0.10
 
 def template(entry: "ModelEntry", ctx: Context) -> list[CheckResult]:
     s = ctx.settings
-    dtype, _ = timing.settings_for(s.device)
     return [CheckResult(entry.id, NAME, METRIC, tolerance=f"-{REGRESSION_DROP:.0%} vs previous run", unit="img/s",
-                        batch_size=bs, device=s.device, dtype=dtype) for bs in s.batch_sizes]
+                        batch_size=bs, device=s.device, dtype=dtype)
+            for dtype in timing.dtypes_for(s.device) for bs in s.batch_sizes]
 
 
 def previous(history: list[dict[str, Any]] | None, row: CheckResult, env: dict[str, Any]) -> dict[str, Any] | None:
@@ -59,12 +59,13 @@ def measure(entry: "ModelEntry", ctx: Context, rows: list[CheckResult]) -> list[
     runs = len(rows) * (s.warmup + s.repeats)
     with ctx.progress.task(f"throughput {entry.id}", total=runs) as advance:
         for row in rows:
-            t = timing.measure(model, entry.data.input_size, row.batch_size, device=s.device, warmup=s.warmup,
-                               repeats=s.repeats, budget_s=s.budget_s, advance=advance)
+            t = timing.measure(model, entry.data.input_size, row.batch_size, device=s.device, dtype=row.dtype,
+                               warmup=s.warmup, repeats=s.repeats, budget_s=s.budget_s, advance=advance)
             row.measured = round(t.images_per_s, 3)
             row.threads = ctx.env.get("threads")
             row.extra = {**t.to_extra(), "input_size": list(entry.data.input_size), "fused": True}
-            how = f"median of {len(t.times_s)} runs after {t.warmup} warm-up, {t.dtype}"
+            how = f"median of {len(t.times_s)} runs after {t.warmup} warm-up, {t.dtype}" + \
+                (f", CUDA graph, peak {t.peak_memory_mib:.0f} MiB allocated" if t.cuda_graph else "")
             prev = previous(ctx.history, row, ctx.env)
             if prev is None:
                 row.status = INFO

@@ -35,6 +35,7 @@ class ExportCondConv2d(nn.Module):
         self.padding, self.dynamic_padding, self.pointwise = conv.padding, conv.dynamic_padding, conv.pointwise
         self.bias = conv.bias  # [E, Cout] or None: mixed by the routing
         self.static_bias = conv.static_bias  # [Cout] or None: BatchNorm's shift after folding
+        self.epilogue_act = conv.epilogue_act  # "silu" or None: set by cc_models.kernels.fold_activations_
         experts = conv.weight.detach().view(conv.num_experts, *conv.weight_shape)  # [E, Cout, Cin/g, kh, kw]
         if self.pointwise:
             self.register_buffer("experts", conv.weight.detach().clone())  # [E, Cout * Cin]
@@ -60,7 +61,7 @@ class ExportCondConv2d(nn.Module):
             out = out + torch.matmul(routing_weights, self.bias)[:, :, None, None]
         if self.static_bias is not None:
             out = out + self.static_bias.view(1, -1, 1, 1)
-        return out
+        return out if self.epilogue_act is None else F.silu(out)
 
 
 def swap_cond_convs_(model: nn.Module) -> int:

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import kernels
 from .helpers import to_2tuple
 from .padding import conv2d_same, resolve_padding
 
@@ -62,6 +63,9 @@ class CondConv2d(nn.Module):
         # Set only by BatchNorm folding (cc_models.fuse): a per-channel shift that is not mixed by the
         # routing weights. A None buffer stays out of the state dict, which keeps timm's layout.
         self.register_buffer("static_bias", None)
+        # Set only by cc_models.kernels.fold_activations_: the activation after the conv, applied by the conv
+        # (on CUDA in the Triton kernels' epilogue, saving a pass over the output).
+        self.epilogue_act: str | None = None
         self.pointwise = (self.kernel_size == (1, 1) and self.stride == (1, 1) and groups == 1
                           and self.padding == (0, 0) and not self.dynamic_padding)
         self.reset_parameters()
@@ -76,13 +80,22 @@ class CondConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
         """``x``: [B, C, H, W]; ``routing_weights``: [B, num_experts]."""
+        if x.is_cuda:  # Triton kernels mixing the experts inside the convolution; None where they don't apply
+            out = kernels.cuda_forward(self, x, routing_weights)
+            if out is not None:
+                return out
         weight = torch.matmul(routing_weights, self.weight)  # [B, P]: this sample's kernel
         bias = torch.matmul(routing_weights, self.bias) if self.bias is not None else None
         if self.static_bias is not None:
             bias = self.static_bias.expand(x.shape[0], -1) if bias is None else bias + self.static_bias
         if self.pointwise:
-            return self._forward_bmm(x, weight, bias)
-        return self._forward_grouped(x, weight, bias)
+            out = self._forward_bmm(x, weight, bias)
+        elif x.is_cuda:  # cuDNN's autotuner never finishes on batch x channels groups
+            with kernels.cudnn_without_benchmark():
+                out = self._forward_grouped(x, weight, bias)
+        else:
+            out = self._forward_grouped(x, weight, bias)
+        return out if self.epilogue_act is None else F.silu(out)
 
     def _forward_bmm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         b, c, h, w = x.shape
