@@ -38,6 +38,15 @@ def set_field(root: Path, model_id: str, key: str, value: object) -> None:
     path.write_text(new, encoding="utf-8")
 
 
+def override(root: Path, model_id: str, section: str, key: str, value: object) -> None:
+    """Give the (single) model of ``models/<model_id>.yml`` its own ``section: {key: value}``, overriding what it
+    inherits from its collection (the file must not have that section yet)."""
+    path = root.parent / "models" / f"{model_id}.yml"
+    text = path.read_text(encoding="utf-8")
+    assert f"\n    {section}:" not in text, f"{section} already in {path}"
+    path.write_text(text.rstrip("\n") + f"\n    {section}:\n      {key}: {value}\n", encoding="utf-8")
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

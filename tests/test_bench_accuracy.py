@@ -14,7 +14,7 @@ import torch
 
 import registry
 
-from bench_support import copy_index, offline_env, release_name, run_records, set_field
+from bench_support import copy_index, offline_env, override, release_name, run_records, set_field
 
 from bench import cli
 from bench.accuracy import DatasetError, ShardSampler, find_imagenet
@@ -163,7 +163,7 @@ def known_weights(tmp_path_factory):
     shutil.move(staged, ckpt_dir / name)
 
     root = copy_index(tmp)
-    set_field(root, MODEL_ID, "Num Classes", NUM_CLASSES)
+    override(root, MODEL_ID, "Data Config", "Num Classes", NUM_CLASSES)
     set_field(root, MODEL_ID, "Weights", f"https://example.invalid/weights/{name}")
     entry = registry.load(root).get(MODEL_ID)
     assert entry.data.num_classes == NUM_CLASSES and entry.release.filename == name
