@@ -70,6 +70,25 @@ def test_offline_or_absent_is_a_skip_with_the_reason(fake_hub, entry, monkeypatc
     assert all(r.status == "skip" and r.reason for r in rows.values()), [r.reason for r in rows.values()]
 
 
+def test_an_unreachable_hub_is_asked_once_per_run(entry, monkeypatch):
+    import cc_models.hub_config as hub_config
+    from cc_models.errors import OfflineError
+
+    calls = []
+
+    def unreachable(repo_id, revision=None):
+        calls.append(repo_id)
+        raise OfflineError("cannot reach the Hub API at https://hub.invalid")
+
+    monkeypatch.setattr(hub_config, "fetch_hub_config", unreachable)
+    index = registry.load()
+    ctx = Context(index=index, settings=Settings(), env=dict(ENV))
+    first, second = (runner.run_check("data-config", index.get(i), ctx) for i in index.ids[:2])
+    assert len(calls) == 1  # the second model does not pay huggingface_hub's retries again
+    assert all(r.status == "skip" and "hub.invalid" in r.reason for r in first + second)
+    assert all("not tried again" in r.reason for r in second)
+
+
 def test_a_config_that_is_not_timms_is_an_error(fake_hub, entry):
     fake_hub.add_file(entry.hub.repo_id, "config.json", b"not json", lfs=False)
     rows = run(entry)

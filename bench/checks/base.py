@@ -93,6 +93,9 @@ class Context:
     dist: Dist = SINGLE
     build_model: Callable[["ModelEntry", "ModelIndex"], "nn.Module"] | None = None
     _models: dict[str, "nn.Module"] = field(default_factory=dict)
+    # Hosts found unreachable in this run (name -> why): later checks skip at once instead of paying
+    # huggingface_hub's retries again for every model.
+    unreachable: dict[str, str] = field(default_factory=dict)
 
     def model(self, entry: "ModelEntry") -> "nn.Module":
         """The entry's architecture (random weights, fp32, eval, CPU), built once per run through cc_models."""

@@ -62,9 +62,15 @@ def measure(entry: "ModelEntry", ctx: Context, rows: list[CheckResult]) -> list[
     from cc_models.errors import OfflineError, WeightsError, WeightsNotFoundError
     from cc_models.hub_config import fetch_hub_config
 
+    if "hub" in ctx.unreachable:
+        raise SkipCheck(f"cannot read {entry.hub.repo_id}/config.json: {ctx.unreachable['hub']} "
+                        "(found unreachable earlier in this run; not tried again)")
     try:
         config = fetch_hub_config(entry.hub.repo_id, entry.hub.revision)
-    except (OfflineError, WeightsNotFoundError) as exc:
+    except OfflineError as exc:
+        ctx.unreachable["hub"] = exc.problem
+        raise SkipCheck(f"cannot read {entry.hub.repo_id}/config.json: {exc.problem}") from None
+    except WeightsNotFoundError as exc:
         raise SkipCheck(f"cannot read {entry.hub.repo_id}/config.json: {exc.problem}") from None
     except WeightsError as exc:
         raise CheckError(exc.problem) from None
