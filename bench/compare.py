@@ -114,6 +114,7 @@ class Models:
     timm: nn.Module  # as timm.create_model returns it
     plain: nn.Module | None  # our builder without CondConv, inference form
     timm_plain: nn.Module | None  # timm's plain EfficientNet holding plain's weights: plain's oracle
+    onnxruntime: object | None = None  # bench.onnx_runtime.OnnxRuntimeContender serving our export (CPU)
 
     def reference(self, family: str) -> nn.Module:
         return self.timm_plain if family == "plain" else self.timm
@@ -128,9 +129,13 @@ class Contender:
 
     name: str  # results metric images_per_s_<name>
     label: str
-    family: str  # "ours", "timm" or "plain" (which model it runs, which oracle checks it)
+    family: str  # "ours", "timm" or "plain" (which oracle checks it)
     devices: tuple[str, ...]
     make: Callable[[Models, torch.Tensor], Runner]
+    needs: str  # the Models field it runs: the contender is left out where that is None
+
+    def available(self, models: Models) -> bool:
+        return getattr(models, self.needs) is not None
 
 
 def _channels_last(model: nn.Module, x: torch.Tensor) -> Runner:
@@ -141,6 +146,11 @@ def _channels_last(model: nn.Module, x: torch.Tensor) -> Runner:
 def _timm_channels_last(models: Models, x: torch.Tensor) -> Runner:
     # A copy: the eager contender keeps timm's model as created (contiguous).
     return _channels_last(copy.deepcopy(models.timm).to(memory_format=torch.channels_last), x)
+
+
+def _onnxruntime(models: Models, x: torch.Tensor) -> Runner:
+    run = models.onnxruntime.runner(x)
+    return lambda: torch.from_numpy(run()[0])
 
 
 def _timm_traced_frozen(models: Models, x: torch.Tensor) -> Runner:
@@ -155,16 +165,20 @@ def _timm_traced_frozen(models: Models, x: torch.Tensor) -> Runner:
 
 CONTENDERS: list[Contender] = [
     Contender("ours", "cc_models, fused + channels_last", "ours", ("cpu", "cuda"),
-              lambda m, x: _channels_last(m.ours, x)),
+              lambda m, x: _channels_last(m.ours, x), "ours"),
     Contender("plain", "cc_models without CondConv (plain B0/B1), fused + channels_last", "plain", ("cpu", "cuda"),
-              lambda m, x: _channels_last(m.plain, x)),
-    Contender("timm_eager", "timm eager, NCHW", "timm", ("cpu",), lambda m, x: (lambda: m.timm(x))),
-    Contender("timm_channels_last", "timm eager, channels_last", "timm", ("cpu", "cuda"), _timm_channels_last),
+              lambda m, x: _channels_last(m.plain, x), "plain"),
+    Contender("timm_eager", "timm eager, NCHW", "timm", ("cpu",), lambda m, x: (lambda: m.timm(x)), "timm"),
+    Contender("timm_channels_last", "timm eager, channels_last", "timm", ("cpu", "cuda"), _timm_channels_last,
+              "timm"),
     # Issue 11's GPU reference: timm's own plain EfficientNet of the same size, as timm's benchmark runs it.
     Contender("timm_plain", "timm plain EfficientNet (no CondConv), channels_last", "plain", ("cuda",),
-              lambda m, x: _channels_last(copy.deepcopy(m.timm_plain).to(memory_format=torch.channels_last), x)),
+              lambda m, x: _channels_last(copy.deepcopy(m.timm_plain).to(memory_format=torch.channels_last), x),
+              "timm_plain"),
     Contender("timm_traced_frozen", "timm traced + frozen + optimize_for_inference, channels_last", "timm",
-              ("cpu",), _timm_traced_frozen),
+              ("cpu",), _timm_traced_frozen, "timm"),
+    Contender("onnxruntime", "ONNX Runtime (CPU) serving our exported model", "ours", ("cpu",), _onnxruntime,
+              "onnxruntime"),
 ]
 
 
@@ -379,24 +393,20 @@ def compare_variant(entry, index, args, device: str, log: Callable[[str], None])
         parity.update({f"plain_{k}": v for k, v in plain_parity.items() if k != "logit_scale"})
     log(f"{entry.id}: outputs agree with timm (max |diff| {max(v for k, v in parity.items() if k != 'logit_scale'):.2e}, "
         f"logits up to {parity['logit_scale']:.2f})")
-    extra_contenders = []
+    ort = None
     if device == "cpu" and args.onnxruntime:  # exported in a child process, before anything here is timed
         from .onnx_runtime import prepare
 
         ort = prepare(entry, args.index, args.checkpoint_dir, ours, log)
-        if ort is not None:
-            extra_contenders.append(Contender(
-                "onnxruntime", "ONNX Runtime (CPU) serving our exported model", "ours", ("cpu",),
-                lambda m, x, run=ort.runner: (lambda r=run(x): torch.from_numpy(r()[0]))))
     gpu = device == "cuda"
     # fused by check_parity already: this places them (and folds the SiLUs into the kernels, on CUDA)
     models = Models(inference_form(ours, device), theirs.to(device),
                     inference_form(plain, device) if plain is not None else None,
-                    timm_plain.to(device) if timm_plain is not None else None)
+                    timm_plain.to(device) if timm_plain is not None else None, ort)
     if gpu:
         parity["cuda_fp32"] = check_cuda_parity(models.ours, models.timm, entry.data.input_size)
         log(f"{entry.id}: on CUDA (fp32, TF32 off) outputs agree with timm (max |diff| {parity['cuda_fp32']:.2e})")
-    contenders = [c for c in contenders_for(device) if c.family != "plain" or plain is not None] + extra_contenders
+    contenders = [c for c in contenders_for(device) if c.available(models)]
     rows = []
     dtypes = args.gpu_dtypes if gpu else ("float32",)
     for bs in args.batch_sizes:
@@ -507,7 +517,6 @@ def store_rows(rows: Sequence[Row], parities: dict, args, environment: dict) -> 
 
     checks = []
     labels = {c.name: c.label for c in CONTENDERS}
-    labels["onnxruntime"] = "ONNX Runtime (CPU) serving our exported model"
     for r in rows:
         common = dict(model_id=r.model_id, check=schema.COMPARE, batch_size=r.batch_size, dtype=r.dtype,
                       device=environment["device"], device_name=environment["device_name"],
