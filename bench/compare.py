@@ -221,14 +221,9 @@ def paired_models(entry, index, checkpoint_dir: Path | None, seed: int = 0) -> t
 
 
 def inference_form(model: nn.Module, device: str) -> nn.Module:
-    """Ours as a user runs it for inference: fused, channels_last, on ``device`` (on CUDA, the SiLUs after the
-    CondConvs in the Triton kernels' epilogue)."""
-    model = model.fuse().to(device=device, memory_format=torch.channels_last)
-    if device == "cuda":
-        from cc_models.kernels import fold_activations_
-
-        fold_activations_(model)
-    return model
+    """Ours as a user runs it for inference: fused (BatchNorm and SiLUs folded into the convolutions: oneDNN
+    on CPU, Triton on CUDA), channels_last, on ``device``."""
+    return model.fuse().to(device=device, memory_format=torch.channels_last)
 
 
 def peak_cuda_mib(fn: Callable[[], object], model: nn.Module) -> float:

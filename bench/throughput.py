@@ -66,10 +66,6 @@ def prepare(model: nn.Module, device: str) -> nn.Module:
     model = copy.deepcopy(model).eval().to(device)
     if hasattr(model, "fuse"):
         model.fuse()
-    if device == "cuda":
-        from cc_models.kernels import fold_activations_
-
-        fold_activations_(model)
     return model.to(memory_format=torch.channels_last)
 
 

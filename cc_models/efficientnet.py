@@ -20,7 +20,7 @@ from registry import ArchitectureConfig, DataConfig, ModelEntry, StageSpec
 
 from .efficientnet_blocks import CondConvResidual, DepthwiseSeparableConv, InvertedResidual
 from .features import block_out_channels, stage_features, take_indices
-from .fuse import fuse_batchnorm_
+from .fuse import fold_activations_, fuse_batchnorm_
 from .layers import BatchNormAct2d, CondConv2d, create_conv2d, get_act_layer, make_divisible
 
 __all__ = ["EfficientNet", "build_efficientnet", "round_channels", "scale_stage_depth", "init_weights_goog"]
@@ -110,11 +110,13 @@ class EfficientNet(nn.Module):
     def fuse(self) -> "EfficientNet":
         """Fold every BatchNorm into its convolution, in place (eval mode only); returns ``self``.
 
-        Outputs stay equal to the unfused model's within float rounding. The fused
-        model is for inference: it cannot train, and ``state_dict()`` refuses,
-        because its parameters no longer have timm's layout.
+        Then the SiLU after each convolution moves into it and the convolutions take their inference
+        form (``cc_models.fuse.fold_activations_``: oneDNN on CPU, Triton on CUDA). Outputs stay equal
+        to the unfused model's within float rounding. The fused model is for inference: it cannot
+        train, and ``state_dict()`` refuses, because its parameters no longer have timm's layout.
         """
         fuse_batchnorm_(self)
+        fold_activations_(self)
         self.is_fused = True
         return self
 

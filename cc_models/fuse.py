@@ -14,13 +14,19 @@ sigmoid routing weights do not sum to one), so it becomes the layer's
 Folding changes parameters and state-dict keys, so it is done on request, in
 place, on a model in eval mode: the saved format stays timm's (a fused model
 refuses ``state_dict()``; save the unfused one).
+
+After folding, ``fold_activations_`` moves each SiLU that follows a convolution
+into that convolution (its ``epilogue_act``) and switches the convolutions to
+their inference form: on CPU oneDNN with packed weights and the SiLU as a
+post-op (``cc_models.onednn``), on CUDA the Triton kernels' epilogue for CondConv,
+and TF "SAME" padding grown into the kernel (``padding.padding_in_kernel``).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from .layers import BatchNormAct2d, CondConv2d
+from .layers import BatchNormAct2d, CondConv2d, Conv2d, SqueezeExcite
 
 
 def _affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,4 +67,22 @@ def fuse_batchnorm_(model: nn.Module) -> nn.Module:
                 continue  # already folded
             fold_batchnorm_(getattr(module, conv_name), bn)
             setattr(module, bn_name, bn.act if isinstance(bn, BatchNormAct2d) else nn.Identity())
+    return model
+
+
+def fold_activations_(model: nn.Module) -> nn.Module:
+    """Put every convolution of a fused model in its inference form, in place; returns ``model``.
+
+    A SiLU right after a convolution (what BatchNorm folding leaves of BatchNormAct2d) moves into it as
+    its ``epilogue_act``; the SiLU module becomes an Identity. Outputs stay equal within float rounding.
+    """
+    for module in list(model.modules()):
+        for conv_name, after_name in getattr(module, "fuse_pairs", ()):
+            conv, after = getattr(module, conv_name), getattr(module, after_name)
+            if isinstance(conv, (Conv2d, CondConv2d)) and conv.epilogue_act is None and isinstance(after, nn.SiLU):
+                conv.epilogue_act = "silu"
+                setattr(module, after_name, nn.Identity())
+    for module in model.modules():
+        if isinstance(module, (Conv2d, CondConv2d, SqueezeExcite)):
+            module.inference = True
     return model

@@ -17,6 +17,7 @@ from cc_models.efficientnet import round_channels, scale_stage_depth
 from cc_models.layers import (
     BatchNormAct2d,
     CondConv2d,
+    Conv2d,
     Conv2dSame,
     DropPath,
     SqueezeExcite,
@@ -49,7 +50,7 @@ def test_same_conv_matches_tf_rule_and_timm(kernel, stride, dilation):
 @pytest.mark.parametrize("kernel,stride", [(1, 1), (3, 1), (3, 2), (5, 2), (5, 1)])
 def test_symmetric_conv_is_pytorch_padding(kernel, stride):
     ours = create_conv2d(3, 4, kernel, stride=stride, padding="symmetric")
-    assert type(ours) is nn.Conv2d and ours.padding == ((kernel - 1) // 2,) * 2
+    assert type(ours) is Conv2d and ours.padding == ((kernel - 1) // 2,) * 2
     reference = tl.create_conv2d(3, 4, kernel, stride=stride, padding="")
     reference.load_state_dict(ours.state_dict())
     x = torch.randn(1, 3, 16, 13)
@@ -62,7 +63,7 @@ def test_same_padding_is_static_where_it_can_be():
     assert resolve_padding("same", 3, 2) == (0, True)
     assert resolve_padding("same", 2, 1) == (0, True)  # even kernel: asymmetric even at stride 1
     assert resolve_padding("symmetric", 5, 2) == (2, False)
-    assert type(create_conv2d(3, 4, 3, 1, padding="same")) is nn.Conv2d
+    assert type(create_conv2d(3, 4, 3, 1, padding="same")) is Conv2d
     assert type(create_conv2d(3, 4, 3, 2, padding="same")) is Conv2dSame
     with pytest.raises(ValueError, match="unknown padding"):
         resolve_padding("reflect", 3, 1)

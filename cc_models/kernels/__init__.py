@@ -87,19 +87,3 @@ def cudnn_without_benchmark() -> Iterator[None]:
         yield
     finally:
         cudnn.benchmark = before
-
-
-def fold_activations_(model: torch.nn.Module) -> torch.nn.Module:
-    """Move every SiLU that directly follows a CondConv into the conv (its ``epilogue_act``), in place.
-
-    For a fused model (``model.fuse()`` first: BatchNorm folded, leaving the bare activation after the
-    conv). On CUDA the kernels then apply it in their epilogue instead of a separate pass over the output.
-    """
-    for module in list(model.modules()):
-        for conv_name, after_name in getattr(module, "fuse_pairs", ()):
-            conv, after = getattr(module, conv_name), getattr(module, after_name)
-            # CondConv2d by its epilogue slot (None = free); plain convs have none
-            if getattr(conv, "epilogue_act", "absent") is None and isinstance(after, torch.nn.SiLU):
-                conv.epilogue_act = "silu"
-                setattr(module, after_name, torch.nn.Identity())
-    return model

@@ -24,9 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import kernels
+from .. import kernels, onednn
 from .helpers import to_2tuple
-from .padding import conv2d_same, resolve_padding
+from .padding import resolve_padding, same_conv_operands
 
 
 class CondConv2d(nn.Module):
@@ -63,9 +63,11 @@ class CondConv2d(nn.Module):
         # Set only by BatchNorm folding (cc_models.fuse): a per-channel shift that is not mixed by the
         # routing weights. A None buffer stays out of the state dict, which keeps timm's layout.
         self.register_buffer("static_bias", None)
-        # Set only by cc_models.kernels.fold_activations_: the activation after the conv, applied by the conv
-        # (on CUDA in the Triton kernels' epilogue, saving a pass over the output).
+        # Set only by cc_models.fuse.fold_activations_: the activation after the conv, applied by the conv
+        # (on CUDA in the Triton kernels' epilogue, on CPU in oneDNN's for the grouped form), and the
+        # inference form (TF SAME padding grown into the kernel, see padding.padding_in_kernel).
         self.epilogue_act: str | None = None
+        self.inference = False
         self.pointwise = (self.kernel_size == (1, 1) and self.stride == (1, 1) and groups == 1
                           and self.padding == (0, 0) and not self.dynamic_padding)
         self.reset_parameters()
@@ -89,13 +91,17 @@ class CondConv2d(nn.Module):
         if self.static_bias is not None:
             bias = self.static_bias.expand(x.shape[0], -1) if bias is None else bias + self.static_bias
         if self.pointwise:
-            out = self._forward_bmm(x, weight, bias)
-        elif x.is_cuda:  # cuDNN's autotuner never finishes on batch x channels groups
+            return self._activate(self._forward_bmm(x, weight, bias))
+        if x.is_cuda:  # cuDNN's autotuner never finishes on batch x channels groups
             with kernels.cudnn_without_benchmark():
-                out = self._forward_grouped(x, weight, bias)
-        else:
-            out = self._forward_grouped(x, weight, bias)
-        return out if self.epilogue_act is None else F.silu(out)
+                return self._activate(self._forward_grouped(x, weight, bias))
+        return self._forward_grouped(x, weight, bias, self.epilogue_act)
+
+    def _activate(self, out: torch.Tensor) -> torch.Tensor:
+        if self.epilogue_act is None:
+            return out
+        # In place on the fresh output where autograd cannot need it (the fused model's inference).
+        return F.silu(out, inplace=self.inference and not torch.is_grad_enabled())
 
     def _forward_bmm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -114,17 +120,28 @@ class CondConv2d(nn.Module):
             out = torch.baddbmm(bias.unsqueeze(-1), weight, x)
         return out.view(b, self.out_channels, h, w)
 
-    def _forward_grouped(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def _forward_grouped(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         act: str | None = None) -> torch.Tensor:
+        """The batch folded into the channels, one grouped convolution; ``act`` applied after it (in oneDNN's
+        epilogue where that applies)."""
         b, c, h, w = x.shape
         weight = weight.view((b * self.out_channels, c // self.groups) + self.kernel_size)
         if bias is not None:
             bias = bias.reshape(b * self.out_channels)
-        x = x.reshape(1, b * c, h, w)  # each sample becomes its own group of channels
+        # Each sample becomes its own group of channels. At batch 1 a channels_last input already is that
+        # (a view); otherwise this copies.
+        x = x if b == 1 else x.reshape(1, b * c, h, w)
         groups = self.groups * b
+        padding = self.padding
         if self.dynamic_padding:
-            out = conv2d_same(x, weight, bias, self.kernel_size, self.stride, self.dilation, groups)
+            x, weight, padding = same_conv_operands(x, weight, self.kernel_size, self.stride, self.dilation,
+                                                    pad_in_kernel=self.inference)
+        if self.inference and self.dilation == (1, 1) and onednn.applies(x, weight, contiguous_too=True):
+            out = onednn.grouped_conv2d(x, weight, bias, self.stride, padding, groups, act)
         else:
-            out = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+            out = F.conv2d(x, weight, bias, self.stride, padding, self.dilation, groups)
+            if act is not None:
+                out = self._activate(out)
         return out.view(b, self.out_channels, out.shape[-2], out.shape[-1])
 
     def extra_repr(self) -> str:

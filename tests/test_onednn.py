@@ -1,0 +1,129 @@
+"""The CPU inference form: SiLUs folded into the convolutions, oneDNN with packed weights, TF SAME padding
+grown into the kernel. Oracles: the unfused model (F.conv2d + F.pad, as timm runs it) and F.conv2d itself."""
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import cc_models
+from cc_models import onednn
+from cc_models.layers import CondConv2d, Conv2d, Conv2dSame, conv2d_same
+from cc_models.layers.padding import padding_in_kernel, same_pad_amounts
+
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason="this torch has no x86 oneDNN fused convolution")
+
+
+@pytest.mark.parametrize("size", [(16, 16), (17, 17), (16, 19), (224, 224), (15, 8)])
+@pytest.mark.parametrize("kernel,stride", [(3, 2), (5, 2), (2, 1), (4, 1), (3, 3), (5, 3), (2, 2)])
+def test_padding_in_the_kernel_is_tf_same(size, kernel, stride):
+    g = torch.Generator().manual_seed(kernel * 10 + stride)
+    x = torch.randn(2, 4, *size, generator=g)
+    w, b = torch.randn(6, 4, kernel, kernel, generator=g), torch.randn(6, generator=g)
+    args = ((kernel, kernel), (stride, stride), (1, 1), 1)
+    reference = F.conv2d(F.pad(x, same_pad_amounts(*size, kernel, kernel, stride, stride, 1, 1)), w, b, stride)
+    torch.testing.assert_close(conv2d_same(x, w, b, *args, pad_in_kernel=True), reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(conv2d_same(x, w, b, *args), reference, atol=1e-5, rtol=1e-5)
+
+
+def test_padding_in_the_kernel_declines_what_it_cannot_express():
+    assert padding_in_kernel((0, 1, 0, 1), (1, 1)) == ((1, 0, 1, 0), (1, 1))
+    assert padding_in_kernel((1, 1, 0, 1), (1, 1)) == ((0, 0, 1, 0), (1, 1))
+    assert padding_in_kernel((0, 2, 0, 2), (1, 1)) is None  # two more on the right: needs the copy
+    assert padding_in_kernel((0, 1, 0, 1), (2, 2)) is None  # dilated
+
+
+def _fused_and_unfused(model_id: str) -> tuple[nn.Module, nn.Module]:
+    from bench.calibrate import randomize_
+
+    torch.manual_seed(0)
+    model = randomize_(cc_models.from_index(model_id), seed=0, size=(224, 224)).eval()
+    return copy.deepcopy(model).fuse(), model
+
+
+def test_fuse_moves_each_silu_after_a_conv_into_it():
+    fused, _ = _fused_and_unfused("tf_efficientnet_cc_b0_4e")
+    convs = [m for m in fused.modules() if isinstance(m, (Conv2d, CondConv2d))]
+    folded = [m for m in convs if m.epilogue_act == "silu"]
+    # stem, head, and in every block all but the projection (conv_pwl / DS block's conv_pw)
+    blocks = [b for stage in fused.blocks for b in stage]
+    assert len(folded) == 2 + sum(len(getattr(b, "fuse_pairs")) - 1 for b in blocks)
+    assert all(m.inference for m in convs)
+    for parent in fused.modules():
+        for conv_name, after_name in getattr(parent, "fuse_pairs", ()):
+            if getattr(parent, conv_name).epilogue_act == "silu":
+                assert isinstance(getattr(parent, after_name), nn.Identity)
+
+
+@needs_onednn
+def test_cpu_inference_form_takes_onednn_and_matches_the_unfused_model(monkeypatch):
+    fused, unfused = _fused_and_unfused("tf_efficientnet_cc_b0_4e")
+    fused = fused.to(memory_format=torch.channels_last)
+    calls = {"packed": 0, "grouped": 0}
+    real_conv, real_grouped = onednn.conv2d, onednn.grouped_conv2d
+
+    def conv(*a, **k):
+        calls["packed"] += 1
+        return real_conv(*a, **k)
+
+    def grouped(*a, **k):
+        calls["grouped"] += 1
+        return real_grouped(*a, **k)
+
+    monkeypatch.setattr(onednn, "conv2d", conv)
+    monkeypatch.setattr(onednn, "grouped_conv2d", grouped)
+    g = torch.Generator().manual_seed(1)
+    # one model through several shapes in turn (weights are packed per shape), back to the first
+    with torch.inference_mode():
+        for shape in [(1, 3, 224, 224), (3, 3, 197, 229), (2, 3, 64, 64), (1, 3, 224, 224)]:
+            x = torch.randn(*shape, generator=g)
+            expected = unfused(x)
+            assert expected.std() > 0.1
+            torch.testing.assert_close(fused(x.contiguous(memory_format=torch.channels_last)), expected,
+                                       atol=1e-4, rtol=0)
+    assert calls["packed"] > 0 and calls["grouped"] > 0
+
+
+@needs_onednn
+def test_a_packed_weight_follows_changes_to_the_layer():
+    conv = Conv2dSame(8, 16, 3, stride=2, bias=True).eval()
+    conv.epilogue_act, conv.inference = "silu", True
+    x = torch.randn(2, 8, 32, 32).contiguous(memory_format=torch.channels_last)
+
+    def reference() -> torch.Tensor:
+        return F.silu(F.conv2d(F.pad(x, (0, 1, 0, 1)), conv.weight, conv.bias, 2))
+
+    with torch.inference_mode():
+        torch.testing.assert_close(conv(x), reference(), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        conv.weight.mul_(2)  # in place
+    with torch.inference_mode():
+        torch.testing.assert_close(conv(x), reference(), atol=1e-5, rtol=1e-5)
+    conv.weight = nn.Parameter(torch.randn_like(conv.weight))  # a new tensor
+    with torch.inference_mode():
+        torch.testing.assert_close(conv(x), reference(), atol=1e-5, rtol=1e-5)
+    assert len(onednn._packed[conv]) <= onednn.SHAPES_PER_LAYER
+
+
+def test_fused_model_that_ran_copies_and_pickles():
+    fused, unfused = _fused_and_unfused("tf_efficientnet_cc_b0_4e")
+    fused = fused.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out = fused(x)  # packs weights where oneDNN applies
+        for clone in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
+            torch.testing.assert_close(clone(x), out, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64])
+def test_other_dtypes_and_nchw_take_the_plain_ops(dtype, monkeypatch):
+    fused, unfused = _fused_and_unfused("tf_efficientnet_cc_b0_4e")
+    monkeypatch.setattr(onednn, "conv2d", lambda *a, **k: pytest.fail("oneDNN path taken"))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), unfused(x), atol=1e-4, rtol=0)  # NCHW
+        torch.testing.assert_close(fused.to(dtype)(x.to(dtype)), unfused.to(dtype)(x.to(dtype)), atol=1e-5, rtol=0)
