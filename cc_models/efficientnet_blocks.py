@@ -89,11 +89,23 @@ class InvertedResidual(nn.Module):
 class CondConvResidual(InvertedResidual):
     """Inverted residual whose three convolutions are CondConvs sharing one routing per sample."""
 
+    inference = False  # class default too: a model pickled before this attribute existed still runs
+
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, *, num_experts: int,
                  **kwargs) -> None:
         self.num_experts = num_experts  # read by _conv during super().__init__
         super().__init__(in_chs, out_chs, kernel_size, stride, **kwargs)
         self.routing_fn = nn.Linear(in_chs, num_experts)
+        self.inference = False  # set by cc_models.fuse.fold_activations_
+
+    def routing(self, x: torch.Tensor) -> torch.Tensor:
+        """Each sample's expert weights [B, E], shared by the block's three CondConvs."""
+        if self.inference and not torch.jit.is_tracing():
+            # The fused model: the mean's division rides in the matrix product (as in SqueezeExcite).
+            fn = self.routing_fn
+            return torch.addmm(fn.bias, x.sum((2, 3)), fn.weight.t(), alpha=1.0 / (x.shape[-2] * x.shape[-1])).sigmoid_()
+        # adaptive_avg_pool2d (not mean) as in timm: FLOP counters then count the routing pool identically.
+        return torch.sigmoid(self.routing_fn(F.adaptive_avg_pool2d(x, 1).flatten(1)))
 
     def _conv(self, in_chs: int, out_chs: int, kernel_size: int, stride: int, groups: int, padding: str) -> nn.Module:
         return CondConv2d(in_chs, out_chs, kernel_size, stride, padding=padding, groups=groups,
@@ -101,8 +113,7 @@ class CondConvResidual(InvertedResidual):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
-        # adaptive_avg_pool2d (not mean) as in timm: FLOP counters then count the routing pool identically.
-        routing = torch.sigmoid(self.routing_fn(F.adaptive_avg_pool2d(x, 1).flatten(1)))
+        routing = self.routing(x)
         x = self.bn1(self.conv_pw(x, routing))
         x = self.bn2(self.conv_dw(x, routing))
         x = self.se(x)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .layers import BatchNormAct2d, CondConv2d, Conv2d, SqueezeExcite
+from .layers import BatchNormAct2d, CondConv2d, Conv2d
 
 
 def _affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +83,6 @@ def fold_activations_(model: nn.Module) -> nn.Module:
                 conv.epilogue_act = "silu"
                 setattr(module, after_name, nn.Identity())
     for module in model.modules():
-        if isinstance(module, (Conv2d, CondConv2d, SqueezeExcite)):
+        if isinstance(getattr(module, "inference", None), bool):  # the layers and blocks with an inference form
             module.inference = True
     return model

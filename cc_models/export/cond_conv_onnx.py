@@ -35,7 +35,7 @@ class ExportCondConv2d(nn.Module):
         self.padding, self.dynamic_padding, self.pointwise = conv.padding, conv.dynamic_padding, conv.pointwise
         self.bias = conv.bias  # [E, Cout] or None: mixed by the routing
         self.static_bias = conv.static_bias  # [Cout] or None: BatchNorm's shift after folding
-        self.epilogue_act = conv.epilogue_act  # "silu" or None: set by cc_models.kernels.fold_activations_
+        self.epilogue_act = conv.epilogue_act  # "silu" or None: set by cc_models.fuse.fold_activations_
         experts = conv.weight.detach().view(conv.num_experts, *conv.weight_shape)  # [E, Cout, Cin/g, kh, kw]
         if self.pointwise:
             self.register_buffer("experts", conv.weight.detach().clone())  # [E, Cout * Cin]

@@ -30,6 +30,7 @@ from .padding import resolve_padding, same_conv_operands
 
 
 class CondConv2d(nn.Module):
+    inference = False  # class default too: a model pickled before this attribute existed still runs
     def __init__(
         self,
         in_channels: int,

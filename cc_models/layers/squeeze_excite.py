@@ -8,6 +8,7 @@ from .activations import create_act_layer
 
 
 class SqueezeExcite(nn.Module):
+    inference = False  # class default too: a model pickled before this attribute existed still runs
     def __init__(self, channels: int, rd_channels: int, act_layer: str | type[nn.Module] = "swish") -> None:
         super().__init__()
         self.conv_reduce = nn.Conv2d(channels, rd_channels, 1, bias=True)
