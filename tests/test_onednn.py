@@ -127,3 +127,16 @@ def test_other_dtypes_and_nchw_take_the_plain_ops(dtype, monkeypatch):
     with torch.inference_mode():
         torch.testing.assert_close(fused(x), unfused(x), atol=1e-4, rtol=0)  # NCHW
         torch.testing.assert_close(fused.to(dtype)(x.to(dtype)), unfused.to(dtype)(x.to(dtype)), atol=1e-5, rtol=0)
+
+
+def test_conv_forms_benchmark_times_each_form(capsys):
+    from bench import conv_forms
+
+    threads = torch.get_num_threads()
+    try:
+        assert conv_forms.main(["--repeats", "1", "--batches", "1", "--threads", str(threads)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rows = [line for line in capsys.readouterr().out.splitlines() if "bs=1" in line]
+    expected = len(conv_forms.STRIDE_2) + (len(conv_forms.CONV_SILU) if onednn.available() else 0)
+    assert len(rows) == expected and all(line.count("x)") == 2 for line in rows)

@@ -1,0 +1,96 @@
+"""Time the CPU inference form's convolution choices side by side (``cc_models.onednn``, ``padding_in_kernel``).
+
+    python -m bench.conv_forms [--threads 2] [--batches 1 32] [--repeats 21]
+
+For B0's stride-2 TF "SAME" convolutions: the input copied into a padded buffer
+(what timm and the unfused model do) against the kernel grown by a leading zero
+tap. For B0's large conv + SiLU pairs: ``F.conv2d`` then an in-place SiLU against
+oneDNN's fused convolution with packed weights and the SiLU as a post-op.
+Each row times its forms interleaved in one process after ``tune_cpu`` (fp32,
+channels_last, inference mode) and prints milliseconds and the ratio to the first form.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+# (name, in, out, kernel, groups, H=W of the input)
+STRIDE_2 = [
+    ("stem 3->32 k3 @224", 3, 32, 3, 1, 224),
+    ("dw 96 k3 @112", 96, 96, 3, 96, 112),
+    ("dw 144 k5 @56", 144, 144, 5, 144, 56),
+    ("dw 672 k5 @14", 672, 672, 5, 672, 14),
+]
+CONV_SILU = [
+    ("pw 16->96 @112", 16, 96, 1, 1, 112),
+    ("dw 32 k3 @112", 32, 32, 3, 32, 112),
+    ("pw 24->144 @56", 24, 144, 1, 1, 56),
+    ("pw 192->1152 @7", 192, 1152, 1, 1, 7),
+]
+
+
+def interleaved(forms: dict[str, Callable[[], torch.Tensor]], repeats: int) -> dict[str, float]:
+    """Median milliseconds per call of each form, the forms taking turns."""
+    times: dict[str, list[float]] = {name: [] for name in forms}
+    for _ in range(repeats + 3):
+        for name, fn in forms.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t[3:]) * 1e3 for name, t in times.items()}
+
+
+def stride2_forms(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, groups: int) -> dict[str, Callable]:
+    from cc_models.layers.padding import padding_in_kernel, same_pad_amounts
+
+    k = w.shape[-1]
+    pads = same_pad_amounts(x.shape[-2], x.shape[-1], k, k, 2, 2, 1, 1)
+    kernel_pad, padding = padding_in_kernel(pads, (1, 1))
+    grown = F.pad(w, kernel_pad)
+    return {"padded copy": lambda: F.conv2d(F.pad(x, pads), w, b, 2, 0, 1, groups),
+            "in kernel": lambda: F.conv2d(x, grown, b, 2, padding, 1, groups)}
+
+
+def conv_silu_forms(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, groups: int) -> dict[str, Callable]:
+    pad = w.shape[-1] // 2
+    packed = torch.ops.mkldnn._reorder_convolution_weight(w, [pad, pad], [1, 1], [1, 1], groups, list(x.shape))
+    return {"conv + silu_": lambda: F.silu(F.conv2d(x, w, b, 1, pad, 1, groups), inplace=True),
+            "oneDNN packed + post-op": lambda: torch.ops.mkldnn._convolution_pointwise(
+                x, packed, b, [pad, pad], [1, 1], [1, 1], groups, "swish", [], "")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.conv_forms", description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--repeats", type=int, default=21)
+    args = p.parse_args(argv)
+    from cc_models import onednn
+    from cc_models.runtime import tune_cpu
+
+    tune_cpu(args.threads)
+    print(f"{torch.get_num_threads()} threads, fp32, channels_last, median of {args.repeats} interleaved calls (ms)")
+    with torch.inference_mode():
+        for title, shapes, forms in (("TF SAME, stride 2", STRIDE_2, stride2_forms),
+                                     ("conv + SiLU", CONV_SILU, conv_silu_forms)):
+            if forms is conv_silu_forms and not onednn.available():
+                print(f"{title}: skipped, this torch has no x86 oneDNN fused convolution")
+                continue
+            for bs in args.batches:
+                for name, cin, cout, k, groups, hw in shapes:
+                    x = torch.randn(bs, cin, hw, hw).contiguous(memory_format=torch.channels_last)
+                    w, b = torch.randn(cout, cin // groups, k, k), torch.randn(cout)
+                    ms = interleaved(forms(x, w, b, groups), args.repeats)
+                    base = next(iter(ms.values()))
+                    cells = "; ".join(f"{form} {t:.3f} ({base / t:.2f}x)" for form, t in ms.items())
+                    print(f"{title} bs={bs} {name}: {cells}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
