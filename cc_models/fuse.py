@@ -40,6 +40,8 @@ def fold_batchnorm_(conv: nn.Module, bn: nn.BatchNorm2d) -> None:
     if bn.training or not bn.track_running_stats or bn.running_var is None:
         raise ValueError("BatchNorm folding needs eval-mode BatchNorm with running statistics")
     scale, shift = _affine(bn)
+    if getattr(conv, "experts_in_out", False):
+        raise ValueError("fold BatchNorm before fold_activations_ (its experts are no longer in timm's layout)")
     if isinstance(conv, CondConv2d):
         experts = conv.weight.view(conv.num_experts, conv.out_channels, -1)
         experts.mul_(scale.view(1, -1, 1))
@@ -85,4 +87,16 @@ def fold_activations_(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if isinstance(getattr(module, "inference", None), bool):  # the layers and blocks with an inference form
             module.inference = True
+        if isinstance(module, CondConv2d) and module.pointwise and not module.experts_in_out:
+            _experts_in_out_(module)
     return model
+
+
+@torch.no_grad()
+def _experts_in_out_(conv: CondConv2d) -> None:
+    """Store a pointwise CondConv's experts as [Cin, Cout] each, so the per-sample kernel the routing mixes is
+    the right operand of ``x[HW, Cin] @ W`` as it is (``CondConv2d._forward_bmm``; the CUDA kernel reads
+    either layout)."""
+    e = conv.num_experts
+    conv.weight.copy_(conv.weight.view(e, conv.out_channels, conv.in_channels).transpose(1, 2).reshape(e, -1))
+    conv.experts_in_out = True

@@ -108,6 +108,22 @@ def test_pointwise_matches_timm(interpreted, experts, channels_last):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_pointwise_reads_a_fused_models_expert_layout(interpreted, channels_last):
+    """A fused model stores pointwise experts as [Cin, Cout] (cc_models.fuse._experts_in_out_)."""
+    from cc_models.fuse import _experts_in_out_
+
+    theirs, ours = _pair(24, 40, 1, 1, 4, depthwise=False, bias=False, seed=5)
+    _experts_in_out_(ours)
+    x, routing = _inputs(3, 24, 5, 7, 4, channels_last=channels_last, seed=5)
+    with torch.inference_mode():
+        got = kernels.cuda_forward(ours, x, routing)
+        want = theirs(x, routing)
+        cpu_form = ours(x, routing)  # CondConv2d's own form reads the same layout
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cpu_form, want, atol=1e-4, rtol=1e-4)
+
+
 def _reference(layer: CondConv2d, x: torch.Tensor, routing: torch.Tensor, pads: tuple[int, int, int, int],
                act: bool) -> torch.Tensor:
     """Sample by sample: mix the kernel (float64), pad, F.conv2d, add the biases, SiLU."""

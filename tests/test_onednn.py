@@ -119,14 +119,18 @@ def test_fused_model_that_ran_copies_and_pickles():
             torch.testing.assert_close(clone(x), out, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64])
-def test_other_dtypes_and_nchw_take_the_plain_ops(dtype, monkeypatch):
+def test_other_dtypes_and_nchw_inputs_take_the_plain_ops(monkeypatch):
     fused, unfused = _fused_and_unfused("tf_efficientnet_cc_b0_4e")
-    monkeypatch.setattr(onednn, "conv2d", lambda *a, **k: pytest.fail("oneDNN path taken"))
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
-        torch.testing.assert_close(fused(x), unfused(x), atol=1e-4, rtol=0)  # NCHW
-        torch.testing.assert_close(fused.to(dtype)(x.to(dtype)), unfused.to(dtype)(x.to(dtype)), atol=1e-5, rtol=0)
+        torch.testing.assert_close(fused(x), unfused(x), atol=1e-4, rtol=0)  # NCHW in (channels_last inside)
+        monkeypatch.setattr(onednn, "conv2d", lambda *a, **k: pytest.fail("oneDNN path taken"))
+        monkeypatch.setattr(onednn, "grouped_conv2d", lambda *a, **k: pytest.fail("oneDNN path taken"))
+        double = torch.float64
+        torch.testing.assert_close(fused.to(double)(x.to(double)), unfused.to(double)(x.to(double)), atol=1e-5, rtol=0)
+        conv = fused.conv_stem.float()
+        torch.testing.assert_close(conv(x), F.silu(conv2d_same(x, conv.weight, conv.bias, conv.kernel_size,
+                                                               conv.stride, conv.dilation, 1)), atol=1e-5, rtol=0)
 
 
 def test_conv_forms_benchmark_times_each_form(capsys):

@@ -38,7 +38,10 @@ class ExportCondConv2d(nn.Module):
         self.epilogue_act = conv.epilogue_act  # "silu" or None: set by cc_models.fuse.fold_activations_
         experts = conv.weight.detach().view(conv.num_experts, *conv.weight_shape)  # [E, Cout, Cin/g, kh, kw]
         if self.pointwise:
-            self.register_buffer("experts", conv.weight.detach().clone())  # [E, Cout * Cin]
+            flat = conv.weight.detach()
+            if conv.experts_in_out:  # the fused CPU layout, [E, Cin, Cout]: back to timm's [E, Cout, Cin]
+                flat = flat.view(conv.num_experts, conv.in_channels, conv.out_channels).transpose(1, 2)
+            self.register_buffer("experts", flat.reshape(conv.num_experts, -1).clone())  # [E, Cout * Cin]
         else:
             e, g, cout_g = conv.num_experts, conv.groups, conv.out_channels // conv.groups
             # Output channel (group, expert, j): a grouped conv sees each group's outputs contiguous.

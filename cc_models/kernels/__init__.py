@@ -59,7 +59,8 @@ def cuda_forward(layer: torch.nn.Module, x: torch.Tensor, routing: torch.Tensor)
     act = getattr(layer, "epilogue_act", None)
     x = x.to(dtype)
     if layer.pointwise:
-        return pointwise(x, routing, layer.weight, layer.bias, layer.static_bias, act)
+        return pointwise(x, routing, layer.weight, layer.bias, layer.static_bias, act,
+                         experts_in_out=layer.experts_in_out)
     if layer.groups == layer.in_channels == layer.out_channels:
         if layer.dynamic_padding:
             from ..layers.padding import same_pad_amounts

@@ -19,7 +19,7 @@ from .launch import ACTIVATIONS, empty_like_layout, next_pow2
 @triton.jit
 def _pointwise_kernel(
     x_ptr, routing_ptr, experts_ptr, expert_bias_ptr, static_bias_ptr, out_ptr,
-    M, N, K, W,
+    M, N, K, W, sen, sek,
     sxb, sxc, sxh, sxw, sob, soc, soh, sow, srb, sre,
     E: tl.constexpr, HAS_EXPERT_BIAS: tl.constexpr, HAS_STATIC_BIAS: tl.constexpr, ACT: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -42,8 +42,8 @@ def _pointwise_kernel(
         mixed = tl.full((BLOCK_K, BLOCK_N), 0.0, tl.float32)
         for e in tl.static_range(E):
             r = tl.load(routing_ptr + b * srb + e * sre).to(tl.float32)
-            we = tl.load(experts_ptr + e * N * K + n[None, :] * K + k[:, None], mask=k_ok[:, None] & n_ok[None, :],
-                         other=0.0)
+            we = tl.load(experts_ptr + e * N * K + n[None, :] * sen + k[:, None] * sek,
+                         mask=k_ok[:, None] & n_ok[None, :], other=0.0)
             mixed += r * we.to(tl.float32)
         acc = tl.dot(a, mixed.to(a.dtype), acc, input_precision=PRECISION)
     if HAS_EXPERT_BIAS:
@@ -62,10 +62,11 @@ def _pointwise_kernel(
 
 def pointwise_cond_conv(x: torch.Tensor, routing: torch.Tensor, experts: torch.Tensor,
                         expert_bias: torch.Tensor | None = None, static_bias: torch.Tensor | None = None,
-                        act: str | None = None) -> torch.Tensor:
+                        act: str | None = None, experts_in_out: bool = False) -> torch.Tensor:
     """``x`` [B, Cin, H, W] (any strides) times ``routing[b] @ experts`` reshaped [Cout, Cin], per sample.
 
-    ``experts`` [E, Cout*Cin] (timm's layout). The output has ``x``'s dtype and memory format. fp32 inputs
+    ``experts`` [E, Cout*Cin] (timm's layout), or [E, Cin*Cout] with ``experts_in_out`` (a fused model's
+    pointwise CondConv, ``cc_models.fuse``). The output has ``x``'s dtype and memory format. fp32 inputs
     use TF32 only where ``torch.backends.cuda.matmul.allow_tf32`` allows it, as cuBLAS would (fp16/bf16
     dots take Triton's default, which only concerns fp32).
     """
@@ -84,7 +85,7 @@ def pointwise_cond_conv(x: torch.Tensor, routing: torch.Tensor, experts: torch.T
         x, routing, experts,
         expert_bias.contiguous() if expert_bias is not None else dummy,
         static_bias.contiguous() if static_bias is not None else dummy, out,
-        m, cout, cin, w,
+        m, cout, cin, w, *((1, cout) if experts_in_out else (cin, 1)),
         *x.stride(), *out.stride(), *routing.stride(),
         E=experts.shape[0], HAS_EXPERT_BIAS=expert_bias is not None, HAS_STATIC_BIAS=static_bias is not None,
         ACT=ACTIVATIONS[act], PRECISION="ieee" if exact else "tf32",
