@@ -18,8 +18,8 @@ refuses ``state_dict()``; save the unfused one).
 After folding, ``fold_activations_`` moves each SiLU that follows a convolution
 into that convolution (its ``epilogue_act``) and switches the convolutions to
 their inference form: on CPU oneDNN with packed weights and the SiLU as a
-post-op (``cc_models.onednn``), on CUDA the Triton kernels' epilogue for CondConv,
-and TF "SAME" padding grown into the kernel (``padding.padding_in_kernel``).
+post-op (``cc_models.onednn``) and TF "SAME" padding grown into the kernel
+(``padding.padding_in_kernel``), on CUDA the Triton kernels' epilogue for CondConv.
 """
 from __future__ import annotations
 

@@ -149,7 +149,7 @@ class CondConv2d(nn.Module):
         padding = self.padding
         if self.dynamic_padding:
             x, weight, padding = same_conv_operands(x, weight, self.kernel_size, self.stride, self.dilation,
-                                                    pad_in_kernel=self.inference)
+                                                    pad_in_kernel=self.inference and x.device.type == "cpu")
         if self.inference and self.dilation == (1, 1) and onednn.applies(x, weight, contiguous_too=True):
             out = onednn.grouped_conv2d(x, weight, bias, self.stride, padding, groups, act)
         else:

@@ -7,8 +7,8 @@ settings only ``model.fuse()`` turns on (:func:`cc_models.fuse.fold_activations_
   (float32, channels_last) the conv then runs in oneDNN with packed weights and
   the SiLU as a post-op (``cc_models.onednn``); elsewhere it is ``F.conv2d`` and
   an in-place SiLU on the fresh output;
-* ``inference``: TF "SAME" padding grown into the kernel instead of copying the
-  input into a padded buffer (``padding.padding_in_kernel``).
+* ``inference``: on CPU, TF "SAME" padding grown into the kernel instead of copying
+  the input into a padded buffer (``padding.padding_in_kernel``).
 
 The unfused model runs exactly ``nn.Conv2d``, so FLOP counters and exporters see
 the ops timm's model has.
@@ -61,8 +61,9 @@ class Conv2dSame(Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, 0, dilation, groups, bias)
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        # Grown kernels only where measured (CPU): cuDNN may have no fast path for 4x4/6x6 depthwise kernels.
         return conv2d_same(x, self.weight, self.bias, self.kernel_size, self.stride, self.dilation, self.groups,
-                           pad_in_kernel=self.inference)
+                           pad_in_kernel=self.inference and x.device.type == "cpu")
 
     def _onednn_padding(self, x: torch.Tensor) -> tuple[tuple[int, int] | None, tuple[int, int, int, int]]:
         pads = same_padding_for(x, self.kernel_size, self.stride, self.dilation)
