@@ -20,6 +20,9 @@ from .store import LOCAL_STORE, PUBLISHED_STORE
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
+# Without --repeats, CPU throughput keeps timing a batch size until this much has run (batch 1: ~30 runs).
+CPU_MIN_TIME_S = 0.5
+
 IMAGENET_HELP = """\
 --imagenet DIR layouts (ImageNet-1k val):
   ImageFolder  DIR/val/<wnid>/*.JPEG (or DIR/<wnid>/*.JPEG). Class index = position of the
@@ -94,6 +97,7 @@ def _settings(args: argparse.Namespace, names: tuple[str, ...], world: int):
         warmup=args.warmup if args.warmup is not None else (5 if cuda else 1),
         repeats=args.repeats if args.repeats is not None else (20 if cuda else 3),
         budget_s=args.time_budget,
+        min_time_s=0.0 if args.repeats is not None or cuda else CPU_MIN_TIME_S,
     )
 
 
@@ -251,7 +255,8 @@ def build_parser(prog: str = "cc-bench") -> argparse.ArgumentParser:
                     "(images/s; a drop of more than 10% against the previous run on the same machine fingerprint "
                     "and settings is reported as a regression, not a failure). params and flops always measure on "
                     "the CPU; --device cuda without a GPU skips the device checks with the reason. Throughput "
-                    "defaults: --warmup 1, --repeats 3 on CPU; 5 and 20 on CUDA.",
+                    "defaults: --warmup 1, --repeats 3 on CPU, and at least 0.5 s of timed runs per batch size (unless "
+                    "--repeats is given); 5 and 20 on CUDA.",
         epilog="\n".join([IMAGENET_HELP, WEIGHTS_HELP, STORE_HELP]))
     p.add_argument("ids", nargs="*", metavar="ID", help="model ids (or --all)")
     p.add_argument("--all", action="store_true", help="every model of the index")

@@ -13,8 +13,11 @@ channels_last.
   autotuner is left as the user set it (the CondConv layers never need it).
 
 Each batch size gets ``warmup`` untimed runs, then timed runs until ``repeats``
-are done, or (after at least ``MIN_REPEATS``) once the next run would exceed
-``budget_s``. The figure is batch size / median run time.
+are done and ``min_time_s`` of timed runs has passed, or (after at least
+``MIN_REPEATS``) once the next run would exceed ``budget_s``. The figure is batch
+size / median run time. ``min_time_s`` gives short runs (batch 1 on CPU: ~15 ms)
+enough samples for a stable median: with 3 runs, one noisy run on a shared
+2-core machine moved batch 1 by 30% between two runs of the same code.
 """
 from __future__ import annotations
 
@@ -90,7 +93,7 @@ def timer(device: str) -> Callable[[Callable[[], object]], float]:
 
 def measure(model: nn.Module, input_size: tuple[int, int, int], batch_size: int, *, device: str = "cpu",
             dtype: str | None = None, warmup: int = 1, repeats: int = 3, budget_s: float = 5.0,
-            advance: Callable[[float], None] | None = None) -> Timing:
+            min_time_s: float = 0.0, advance: Callable[[float], None] | None = None) -> Timing:
     """Time ``model`` (already :func:`prepare`d for ``device``) on random batches of ``batch_size``."""
     cuda = device == "cuda"
     dtype = dtype or dtypes_for(device)[0]
@@ -119,12 +122,12 @@ def measure(model: nn.Module, input_size: tuple[int, int, int], batch_size: int,
             if advance:
                 advance(1)
         spent = 0.0
-        while len(times) < max(1, repeats):
+        while len(times) < max(1, repeats) or spent < min_time_s:
             if len(times) >= MIN_REPEATS and spent + statistics.median(times) > budget_s:
                 break
             times.append(once())
             spent += times[-1]
-            if advance:
+            if advance and len(times) <= repeats:  # the progress bar counts the planned runs
                 advance(1)
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     median = statistics.median(times)

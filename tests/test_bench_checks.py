@@ -207,3 +207,17 @@ def test_report_text_has_table_notes_and_verdict():
     assert "10,001" in lines[1] and "77.324" in lines[2]
     assert "skip       m accuracy/top1: no data" in text
     assert lines[-1] == "verdict: PASS: 1 pass, 0 fail, 1 skip [run RUN]"
+
+
+def test_throughput_keeps_timing_short_runs_for_min_time():
+    from bench import throughput
+
+    class Quick(nn.Module):
+        def forward(self, x):
+            import time
+            time.sleep(0.01)
+            return x
+
+    t = throughput.measure(Quick(), (3, 8, 8), 1, warmup=0, repeats=3, min_time_s=0.1)
+    assert len(t.times_s) >= 8 and sum(t.times_s) >= 0.1
+    assert len(throughput.measure(Quick(), (3, 8, 8), 1, warmup=0, repeats=3).times_s) == 3

@@ -79,6 +79,7 @@ class Settings:
     warmup: int = 1
     repeats: int = 3
     budget_s: float = 5.0
+    min_time_s: float = 0.0  # throughput: keep timing until this much has run (bench.throughput.measure)
 
 
 @dataclass

@@ -60,7 +60,8 @@ def measure(entry: "ModelEntry", ctx: Context, rows: list[CheckResult]) -> list[
     with ctx.progress.task(f"throughput {entry.id}", total=runs) as advance:
         for row in rows:
             t = timing.measure(model, entry.data.input_size, row.batch_size, device=s.device, dtype=row.dtype,
-                               warmup=s.warmup, repeats=s.repeats, budget_s=s.budget_s, advance=advance)
+                               warmup=s.warmup, repeats=s.repeats, budget_s=s.budget_s, min_time_s=s.min_time_s,
+                               advance=advance)
             row.measured = round(t.images_per_s, 3)
             row.threads = ctx.env.get("threads")
             row.extra = {**t.to_extra(), "input_size": list(entry.data.input_size), "fused": True}
