@@ -55,6 +55,13 @@ def pw_bmm_nhwc(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return out.view(b, h, wd, -1).permute(0, 3, 1, 2)
 
 
+def pw_bmm_in_out(x: torch.Tensor, w_in_out: torch.Tensor) -> torch.Tensor:
+    """[B, HW, Cin] @ [B, Cin, Cout] with the kernel already [Cin, Cout] (a fused model's expert layout)."""
+    b, c, h, wd = x.shape
+    out = torch.bmm(x.permute(0, 2, 3, 1).reshape(b, h * wd, c), w_in_out)
+    return out.view(b, h, wd, -1).permute(0, 3, 1, 2)
+
+
 def pw_loop(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """One ordinary 1x1 conv per sample."""
     return torch.cat([F.conv2d(x[i:i + 1], w[i, :, :, None, None]) for i in range(x.shape[0])])
@@ -102,11 +109,14 @@ def main() -> None:
                 w = torch.randn(b, cout, cin)
                 ref = pw_grouped(x, w)
                 row = {}
-                for label, fn, xin in (("grouped", pw_grouped, x), ("bmm", pw_bmm, x), ("loop", pw_loop, x),
-                                       ("bmm_nhwc(cl in)", pw_bmm_nhwc, x.contiguous(memory_format=torch.channels_last)),
-                                       ("bmm(cl in)", pw_bmm, x.contiguous(memory_format=torch.channels_last))):
-                    torch.testing.assert_close(fn(xin, w), ref, rtol=1e-4, atol=1e-3)
-                    row[label] = timeit(lambda: fn(xin, w), args.repeats)
+                xcl, w_in_out = x.contiguous(memory_format=torch.channels_last), w.transpose(1, 2).contiguous()
+                for label, fn, xin, win in (("grouped", pw_grouped, x, w), ("bmm", pw_bmm, x, w),
+                                            ("loop", pw_loop, x, w), ("bmm_nhwc(cl in)", pw_bmm_nhwc, xcl, w),
+                                            ("bmm(cl in)", pw_bmm, xcl, w),
+                                            ("bmm_in_out(cl in)", pw_bmm_in_out, xcl, w_in_out),
+                                            ("bmm_in_out", pw_bmm_in_out, x, w_in_out)):
+                    torch.testing.assert_close(fn(xin, win), ref, rtol=1e-4, atol=1e-3)
+                    row[label] = timeit(lambda: fn(xin, win), args.repeats)
                 base = row["grouped"]
                 print(f"  {name:20s} " + "  ".join(f"{k} {v:7.3f} ({v / base:4.2f}x)" for k, v in row.items()))
             print(f"batch {b}: depthwise CondConv")

@@ -112,9 +112,9 @@ class CondConv2d(nn.Module):
     def _forward_bmm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         b, c, h, w = x.shape
         if self.experts_in_out:
-            # [B, H*W, Cin] @ [B, Cin, Cout] with the mixed kernel already [Cin, Cout]: 0.7-0.85x the time of the
-            # forms below on B0's 7x7 and 14x14 layers at batch 32 (bench/layer_timing.py). The permute is a view
-            # for channels_last and NCHW inputs alike; the output is channels_last.
+            # [B, H*W, Cin] @ [B, Cin, Cout] with the mixed kernel already [Cin, Cout]: 0.78-0.85x the time of the
+            # forms below on B0's 7x7 layers at batch 32, the same on 14x14 (bench/layer_timing.py). The permute is
+            # a view for channels_last and NCHW inputs alike; the output is channels_last.
             xt = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
             weight = weight.view(b, c, self.out_channels)
             out = torch.bmm(xt, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), xt, weight)
