@@ -67,11 +67,13 @@ TARGETS_CPU = {1: 1.3, 32: 1.3}
 TARGET_VS_PLAIN = 0.9
 TARGETS_GPU = {1: 4.0, 256: 5.0}  # batch 1: ours as a CUDA graph vs timm eager; 256: both eager
 TARGET_VS_PLAIN_GPU = 0.95
+MIN_TIME_S = 5.0  # CPU, without --repeats: timed calls per batch size, all contenders together
+MAX_REPEATS = 200
 DESCRIPTION = ("Build our model and timm's with the same weights, check their outputs agree within 1e-4 (unfused, "
                "fused, channels_last), then time every contender interleaved in one process: ours, our plain "
                "EfficientNet (no CondConv), timm eager, channels_last and traced+frozen, and ONNX Runtime when "
                "installed; report images/s, ratios and peak memory. Needs timm (exit 2 without it). "
-               "Defaults: --warmup 2, --repeats 7.")
+               "Defaults: --warmup 2, --repeats 7 (on CPU, more rounds until 5 s of timed calls per batch size).")
 
 
 class CompareError(Exception):
@@ -296,8 +298,10 @@ def check_cuda_parity(ours: nn.Module, theirs: nn.Module, input_size: tuple[int,
 
 
 def time_interleaved(runners: dict[str, Callable[[], object]], *, warmup: int, repeats: int, device: str,
-                     autocast: contextlib.AbstractContextManager | None = None) -> dict[str, list[float]]:
-    """Seconds per call of each runner; every repeat runs each once, the order rotating per repeat."""
+                     autocast: contextlib.AbstractContextManager | None = None,
+                     min_time_s: float = 0.0) -> dict[str, list[float]]:
+    """Seconds per call of each runner; every repeat runs each once, the order rotating per repeat. Repeats
+    go on past ``repeats`` until the timed calls add up to ``min_time_s`` (at most ``MAX_REPEATS``)."""
     timer = throughput.timer(device)
     names = list(runners)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -307,9 +311,11 @@ def time_interleaved(runners: dict[str, Callable[[], object]], *, warmup: int, r
                 runners[n]()
         if device == "cuda":
             torch.cuda.synchronize()
-        for r in range(repeats):
+        r = 0
+        while r < repeats or (r < MAX_REPEATS and sum(map(sum, times.values())) < min_time_s):
             for n in names[r % len(names):] + names[:r % len(names)]:
                 times[n].append(timer(runners[n]))
+            r += 1
     return times
 
 
@@ -417,7 +423,7 @@ def compare_variant(entry, index, args, device: str, log: Callable[[str], None])
                 peaks = cuda_forms(timed, models, x.contiguous(memory_format=torch.channels_last),
                                    autocast_dtype=getattr(torch, dtype))
             times = time_interleaved(timed, warmup=args.warmup, repeats=args.repeats, device=device,
-                                     autocast=autocast)
+                                     autocast=autocast, min_time_s=args.min_time_s)
             ips = {n: bs / statistics.median(t) for n, t in times.items()}
             timm_form = max((c.name for c in contenders if c.family == "timm"), key=ips.__getitem__)
             row = Row(entry.id, bs, dtype + ("-amp" if gpu else ""), ips,
@@ -537,7 +543,8 @@ def store_rows(rows: Sequence[Row], parities: dict, args, environment: dict) -> 
               "finished": store.iso(store.utc_now()), "git_commit": environment["git_commit"],
               "environment": environment, "command": [args.prog, *args.argv],
               "index": str(args.index or "packaged"), "settings": {
-                  "batch_sizes": list(args.batch_sizes), "repeats": args.repeats, "warmup": args.warmup,
+                  "batch_sizes": list(args.batch_sizes), "repeats": args.repeats, "min_time_s": args.min_time_s,
+                  "warmup": args.warmup,
                   "against": "timm", "compile": args.compile, "tune_cpu": args.tune_cpu}, "checks": checks}
     run = store.RunFile(args.results, record)
     store.rebuild_table(args.results)
@@ -572,6 +579,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--device cuda: {why_not}")
     args.batch_sizes = options.flat(args.batch_sizes) or ((1, 256) if device == "cuda" else (1, 32))
     args.warmup = 2 if args.warmup is None else args.warmup
+    # Without --repeats, CPU batch sizes whose 7 rounds take under MIN_TIME_S (batch 1) get more rounds: a
+    # median of 7 moved batch 1's ratio by 0.08 between two runs of the same code on a 2-core machine.
+    args.min_time_s = MIN_TIME_S if args.repeats is None and device == "cpu" else 0.0
     args.repeats = 7 if args.repeats is None else args.repeats
     if not args.no_store and not args.memory_probe:
         store.check_store(args.results)
@@ -587,7 +597,8 @@ def run(args: argparse.Namespace) -> int:
     environment = env_mod.collect(device).to_dict()
     log(f"cc-bench compare: {environment['device_name']}, torch {environment['torch_version']}, "
         f"{environment['threads']} threads, allocator {environment['allocator']}, flush denormals "
-        f"{environment['flush_denormals']}; contenders interleaved, median of {args.repeats}")
+        f"{environment['flush_denormals']}; contenders interleaved, median of {args.repeats}"
+        + (f" or more (at least {args.min_time_s:g} s of timed calls per batch size)" if args.min_time_s else ""))
     rows, parities = [], {}
     try:
         for entry in entries:

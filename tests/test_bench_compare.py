@@ -71,3 +71,21 @@ def test_without_timm_exits_2(monkeypatch, capsys):
     monkeypatch.setattr(compare, "_import_timm", lambda: None)
     assert main(["compare", "--no-store"]) == 2
     assert "timm is not installed" in capsys.readouterr().err
+
+
+def test_interleaved_timing_goes_on_until_the_minimum_time():
+    import time
+
+    from bench.compare import time_interleaved
+
+    calls = {"a": 0, "b": 0}
+
+    def runner(name):
+        def run():
+            calls[name] += 1
+            time.sleep(0.005)
+        return run
+
+    times = time_interleaved({n: runner(n) for n in calls}, warmup=1, repeats=3, device="cpu", min_time_s=0.2)
+    assert len(times["a"]) == len(times["b"]) >= 15 and sum(map(sum, times.values())) >= 0.2
+    assert len(time_interleaved({n: runner(n) for n in calls}, warmup=0, repeats=3, device="cpu")["a"]) == 3
