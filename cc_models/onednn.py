@@ -22,6 +22,7 @@ when the layer's weight changes (new tensor, or in place).
 from __future__ import annotations
 
 import functools
+import threading
 import weakref
 
 import torch
@@ -30,8 +31,9 @@ import torch.nn as nn
 POST_OP_MIN_ELEMENTS = 1 << 20  # see grouped_conv2d
 _POST_OPS = {None: "none", "silu": "swish"}
 
-# layer -> {(weight identity, kernel pad, input shape): packed weight}, most recently used last
+# layer -> {(weight identity, kernel pad, input shape): packed weight}, oldest first
 _packed: weakref.WeakKeyDictionary[nn.Module, dict[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
 SHAPES_PER_LAYER = 4  # packed forms kept per layer (one per input shape in use; a copy of the weight each)
 
 
@@ -66,15 +68,20 @@ def _packed_weight(layer: nn.Module, x: torch.Tensor, kernel_pad: tuple[int, int
     weight = layer.weight
     version = -1 if weight.is_inference() else weight._version  # inference tensors keep no version counter
     key = ((weight.data_ptr(), version, tuple(weight.shape)), kernel_pad, tuple(x.shape))
-    cache = _packed.setdefault(layer, {})
-    packed = cache.pop(key, None)
-    if packed is None:
-        w = torch.nn.functional.pad(weight.detach(), kernel_pad) if any(kernel_pad) else weight.detach()
-        packed = torch.ops.mkldnn._reorder_convolution_weight(
-            w.contiguous(), list(padding), list(layer.stride), list(layer.dilation), layer.groups, list(x.shape))
-        if len(cache) >= SHAPES_PER_LAYER:
-            cache.pop(next(iter(cache)))  # the least recently used
-    cache[key] = packed
+    cache = _packed.get(layer)
+    packed = cache.get(key) if cache is not None else None
+    if packed is not None:  # the hot path takes no lock
+        return packed
+    with _lock:  # threads sharing a model: one packs, and eviction never races an insert
+        cache = _packed.setdefault(layer, {})
+        packed = cache.get(key)
+        if packed is None:
+            w = torch.nn.functional.pad(weight.detach(), kernel_pad) if any(kernel_pad) else weight.detach()
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                w.contiguous(), list(padding), list(layer.stride), list(layer.dilation), layer.groups, list(x.shape))
+            while len(cache) >= SHAPES_PER_LAYER:
+                del cache[next(iter(cache))]  # the oldest
+            cache[key] = packed
     return packed
 
 

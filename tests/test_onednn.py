@@ -3,6 +3,7 @@ grown into the kernel. Oracles: the unfused model (F.conv2d + F.pad, as timm run
 from __future__ import annotations
 
 import copy
+import functools
 import pickle
 
 import pytest
@@ -37,12 +38,17 @@ def test_padding_in_the_kernel_declines_what_it_cannot_express():
     assert padding_in_kernel((0, 1, 0, 1), (2, 2)) is None  # dilated
 
 
-def _fused_and_unfused(model_id: str) -> tuple[nn.Module, nn.Module]:
+@functools.lru_cache(maxsize=None)
+def _calibrated(model_id: str) -> nn.Module:
     from bench.calibrate import randomize_
 
     torch.manual_seed(0)
-    model = randomize_(cc_models.from_index(model_id), seed=0, size=(224, 224)).eval()
-    return copy.deepcopy(model).fuse(), model
+    return randomize_(cc_models.from_index(model_id), seed=0, size=(224, 224)).eval()
+
+
+def _fused_and_unfused(model_id: str) -> tuple[nn.Module, nn.Module]:
+    """Fresh copies (tests may convert them in place) of one calibrated random model: fused, and as built."""
+    return copy.deepcopy(_calibrated(model_id)).fuse(), copy.deepcopy(_calibrated(model_id))
 
 
 def test_fuse_moves_each_silu_after_a_conv_into_it():
@@ -107,6 +113,28 @@ def test_a_packed_weight_follows_changes_to_the_layer():
     with torch.inference_mode():
         torch.testing.assert_close(conv(x), reference(), atol=1e-5, rtol=1e-5)
     assert len(onednn._packed[conv]) <= onednn.SHAPES_PER_LAYER
+
+
+@needs_onednn
+def test_threads_sharing_a_fused_model_through_more_shapes_than_it_keeps_packed():
+    from concurrent.futures import ThreadPoolExecutor
+
+    fused, unfused = _fused_and_unfused("tf_efficientnet_cc_b0_4e")
+    fused = fused.to(memory_format=torch.channels_last)
+    sizes = [(1 + i % 3, 3, 32 + 8 * i, 32 + 8 * i) for i in range(onednn.SHAPES_PER_LAYER + 2)]
+    inputs = [torch.randn(*size, generator=torch.Generator().manual_seed(i)) for i, size in enumerate(sizes)]
+    with torch.inference_mode():
+        expected = [unfused(x) for x in inputs]
+
+    def run(i: int) -> float:
+        x = inputs[i % len(inputs)]
+        with torch.inference_mode():
+            return (fused(x.contiguous(memory_format=torch.channels_last)) - expected[i % len(inputs)]).abs().max().item()
+
+    with ThreadPoolExecutor(4) as pool:
+        diffs = list(pool.map(run, range(4 * len(inputs))))
+    assert max(diffs) < 1e-4
+    assert all(len(cache) <= onednn.SHAPES_PER_LAYER for cache in onednn._packed.values())
 
 
 def test_fused_model_that_ran_copies_and_pickles():
