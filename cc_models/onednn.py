@@ -7,8 +7,9 @@ for the same pattern:
 * the weights are reordered into oneDNN's blocked layout once per layer and kept
   (``F.conv2d`` reorders them on every call, 30-40% of a late B0 layer's time at batch 1);
 * the SiLU after the conv runs in oneDNN's epilogue, while the output is still in
-  registers, instead of another pass over the activation (1.5x on B0's first 1x1
-  expansion at batch 32, 2 threads, where that pass is memory-bound).
+  registers, instead of another pass over the activation (1.7x on B0's first 1x1
+  expansion at batch 32, 2 threads, where that pass is memory-bound; about even at batch 1:
+  ``python -m bench.conv_forms``).
 
 Only for what it is measured on: float32, channels_last inputs, no autograd, not
 under tracing, scripting or torch.compile (those see the ordinary ops), on a torch
