@@ -7,6 +7,7 @@ import re
 
 import pandas as pd
 import pytest
+import torch
 
 pytest.importorskip("timm")
 
@@ -89,3 +90,20 @@ def test_interleaved_timing_goes_on_until_the_minimum_time():
     times = time_interleaved({n: runner(n) for n in calls}, warmup=1, repeats=3, device="cpu", min_time_s=0.2)
     assert len(times["a"]) == len(times["b"]) >= 15 and sum(map(sum, times.values())) >= 0.2
     assert len(time_interleaved({n: runner(n) for n in calls}, warmup=0, repeats=3, device="cpu")["a"]) == 3
+
+
+def test_compiled_forms_time_against_ours_eager():
+    """--compile: inductor (with freezing on CPU) for both, timed interleaved with ours' eager form."""
+    import argparse
+
+    from bench.compare import compile_and_time
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.SiLU()).eval()
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    args = argparse.Namespace(repeats=3, min_time_s=0.0)
+    out = compile_and_time(model, model, x, x.contiguous(), args, "cpu", None)
+    assert out["form"] == "inductor, freezing, channels_last"
+    assert min(out["images_per_s_ours"], out["images_per_s_timm"], out["images_per_s_ours_eager"]) > 0
+    assert out["ratio_eager_vs_compiled_timm"] == out["images_per_s_ours_eager"] / out["images_per_s_timm"]
+    assert out["compile_s_ours"] > 0 and out["compile_s_timm"] > 0
