@@ -11,9 +11,12 @@ Compute, chosen by measurement on CPU (``bench/layer_timing.py``):
   ``[B, Cout, Cin] @ [B, Cin, H*W]``: 0.24-0.74x the time of timm's batch-grouped
   convolution at batch 32 and 0.38-0.94x at batch 1 (2 threads, B0 shapes). On a channels_last
   input the same product runs as ``[B, H*W, Cin] @ [B, Cin, Cout]``, so the output stays channels_last.
+  A fused model stores the experts as ``[Cin, Cout]`` so that the mixed kernel is that right operand
+  as it is (``experts_in_out``).
 * everything else (the depthwise k x k convs): fold the batch into the channels
   and run one grouped convolution with ``groups = B * groups``, as timm does;
-  a per-sample loop took 1.8-4.4x as long at batch 32 (the same op at batch 1).
+  a per-sample loop took 1.8-4.4x as long at batch 32 (the same op at batch 1). In a fused model on
+  CPU that convolution runs in oneDNN (``cc_models.onednn.grouped_conv2d``).
 Both keep to ops FLOP counters understand (matmul, bmm, conv).
 """
 from __future__ import annotations
@@ -33,6 +36,7 @@ class CondConv2d(nn.Module):
     # class defaults too: a model pickled before these attributes existed still runs
     inference = False
     experts_in_out = False
+
     def __init__(
         self,
         in_channels: int,
@@ -142,8 +146,8 @@ class CondConv2d(nn.Module):
         weight = weight.view((b * self.out_channels, c // self.groups) + self.kernel_size)
         if bias is not None:
             bias = bias.reshape(b * self.out_channels)
-        # Each sample becomes its own group of channels. At batch 1 a channels_last input already is that
-        # (a view); otherwise this copies.
+        # Each sample becomes its own group of channels: a view of an NCHW input (and of any input at batch 1),
+        # a copy of a channels_last one.
         x = x if b == 1 else x.reshape(1, b * c, h, w)
         groups = self.groups * b
         padding = self.padding
