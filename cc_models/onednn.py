@@ -103,9 +103,7 @@ def grouped_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     The SiLU runs as a post-op only on large inputs: on B0's depthwise CondConvs the post-op saved 11% at
     batch 32 (4.2M elements, memory-bound) but cost 10-40% at batch 1 (56k elements) against an in-place
     SiLU after the conv (2 threads, ``oneDNN`` nhwc depthwise)."""
-    if act is not None and x.numel() < POST_OP_MIN_ELEMENTS:
-        out = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, list(padding), list(stride), [1, 1], groups,
-                                                      "none", [], "")
-        return torch.nn.functional.silu(out, inplace=True)
-    return torch.ops.mkldnn._convolution_pointwise(
-        x, weight, bias, list(padding), list(stride), [1, 1], groups, _POST_OPS[act], [], "")
+    post_op = act if x.numel() >= POST_OP_MIN_ELEMENTS else None
+    out = torch.ops.mkldnn._convolution_pointwise(
+        x, weight, bias, list(padding), list(stride), [1, 1], groups, _POST_OPS[post_op], [], "")
+    return torch.nn.functional.silu(out, inplace=True) if act is not None and post_op is None else out
