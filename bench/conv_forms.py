@@ -1,11 +1,16 @@
-"""Time the CPU inference form's convolution choices side by side (``cc_models.onednn``, ``padding_in_kernel``).
+"""Time the CPU inference form's convolution choices side by side (``cc_models.onednn``, ``padding_in_kernel``,
+``cc_models.cpu_kernels``).
 
     python -m bench.conv_forms [--threads 2] [--batches 1 32] [--repeats 21]
 
 For B0's stride-2 TF "SAME" convolutions: the input copied into a padded buffer
 (what timm and the unfused model do) against the kernel grown by a leading zero
 tap. For B0's large conv + SiLU pairs: ``F.conv2d`` then an in-place SiLU against
-oneDNN's fused convolution with packed weights and the SiLU as a post-op.
+oneDNN's fused convolution with packed weights and the SiLU as a post-op. For
+B0's depthwise CondConvs (experts folded, SiLU after): the layer's PyTorch form
+(the batch folded into the channels, one oneDNN grouped convolution) against the
+C++ kernel, and the same layer with one shared kernel (what the plain model runs:
+the floor CondConv is measured against).
 Each row times its forms interleaved in one process after ``tune_cpu`` (fp32,
 channels_last, inference mode) and prints milliseconds and the ratio to the first form.
 """
@@ -31,6 +36,15 @@ CONV_SILU = [
     ("dw 32 k3 @112", 32, 32, 3, 32, 112),
     ("pw 24->144 @56", 24, 144, 1, 1, 56),
     ("pw 192->1152 @7", 192, 1152, 1, 1, 7),
+]
+
+# (name, channels, kernel, stride, H=W of the input): tf_efficientnet_cc_b0's depthwise CondConvs
+DEPTHWISE_CONDCONV = [
+    ("dw 480 k5 @14", 480, 5, 1, 14),
+    ("dw 672 k5 @14", 672, 5, 1, 14),
+    ("dw 672 k5 s2 @14", 672, 5, 2, 14),
+    ("dw 1152 k5 @7", 1152, 5, 1, 7),
+    ("dw 1152 k3 @7", 1152, 3, 1, 7),
 ]
 
 
@@ -64,6 +78,32 @@ def conv_silu_forms(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, groups: i
                 x, packed, b, [pad, pad], [1, 1], [1, 1], groups, "swish", [], "")}
 
 
+def condconv_dw_forms(bs: int, channels: int, k: int, stride: int, hw: int) -> dict[str, Callable]:
+    import os
+
+    from cc_models import cpu_kernels
+    from cc_models.layers import CondConv2d, create_conv2d
+
+    torch.manual_seed(0)
+    cond = CondConv2d(channels, channels, k, stride, padding="same", groups=channels, num_experts=4).eval()
+    cond.static_bias, cond.epilogue_act, cond.inference = torch.randn(channels), "silu", True
+    plain = create_conv2d(channels, channels, k, stride, groups=channels, padding="same").eval()
+    plain.bias = torch.nn.Parameter(torch.randn(channels))
+    plain.epilogue_act, plain.inference = "silu", True
+    x = torch.randn(bs, channels, hw, hw).contiguous(memory_format=torch.channels_last)
+    routing = torch.rand(bs, 4)
+
+    def pytorch_form():
+        os.environ[cpu_kernels.ENV_SWITCH] = "0"
+        try:
+            return cond(x, routing)
+        finally:
+            os.environ.pop(cpu_kernels.ENV_SWITCH)
+
+    return {"grouped (PyTorch form)": pytorch_form, "C++ kernel": lambda: cond(x, routing),
+            "one shared kernel": lambda: plain(x)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.conv_forms", description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
@@ -89,6 +129,17 @@ def main(argv: list[str] | None = None) -> int:
                     base = next(iter(ms.values()))
                     cells = "; ".join(f"{form} {t:.3f} ({base / t:.2f}x)" for form, t in ms.items())
                     print(f"{title} bs={bs} {name}: {cells}", flush=True)
+        from cc_models import cpu_kernels
+
+        if not cpu_kernels.available():
+            print(f"depthwise CondConv: skipped, the C++ kernel is unavailable ({cpu_kernels.failure() or 'disabled'})")
+            return 0
+        for bs in args.batches:
+            for name, channels, k, stride, hw in DEPTHWISE_CONDCONV:
+                ms = interleaved(condconv_dw_forms(bs, channels, k, stride, hw), args.repeats)
+                base = next(iter(ms.values()))
+                cells = "; ".join(f"{form} {t:.3f} ({base / t:.2f}x)" for form, t in ms.items())
+                print(f"depthwise CondConv + SiLU bs={bs} {name}: {cells}", flush=True)
     return 0
 
 

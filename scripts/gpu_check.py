@@ -41,7 +41,7 @@ DEVICE_PYTHON = "3.12"  # the GPU image's python3 (KINDS.md)
 # carried as wheels at this venv's versions, with what those need (pure-python ones shadow the image's copies).
 CARRIED = ("jsonschema", "jsonschema-specifications", "referencing", "rpds-py", "fastjsonschema", "fvcore", "iopath",
            "yacs", "termcolor", "latex2mathml", "huggingface-hub", "httpx2", "httpcore2", "truststore", "click",
-           "anyio", "idna", "h11", "filelock")
+           "anyio", "idna", "h11", "filelock", "ninja")
 COMPILED = ("rpds-py",)  # no pure-python wheel: downloaded for the image's python and platform
 # What the image already holds, as KINDS.md lists it (normalised names; only what our requirements can touch),
 # and the versions KINDS.md's pip list gives (others unknown: taken as meeting our lower bounds).

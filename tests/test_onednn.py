@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import cc_models
-from cc_models import onednn
+from cc_models import cpu_kernels, onednn
 from cc_models.layers import CondConv2d, Conv2d, Conv2dSame, conv2d_same
 from cc_models.layers.padding import padding_in_kernel, same_pad_amounts
 
@@ -82,6 +82,8 @@ def test_cpu_inference_form_takes_onednn_and_matches_the_unfused_model(monkeypat
 
     monkeypatch.setattr(onednn, "conv2d", conv)
     monkeypatch.setattr(onednn, "grouped_conv2d", grouped)
+    # the grouped form is the fallback where the C++ depthwise kernel is off or cannot be built (test_cpu_kernels)
+    monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")
     g = torch.Generator().manual_seed(1)
     # one model through several shapes in turn (weights are packed per shape), back to the first
     with torch.inference_mode():
@@ -171,4 +173,8 @@ def test_conv_forms_benchmark_times_each_form(capsys):
         torch.set_num_threads(threads)
     rows = [line for line in capsys.readouterr().out.splitlines() if "bs=1" in line]
     expected = len(conv_forms.STRIDE_2) + (len(conv_forms.CONV_SILU) if onednn.available() else 0)
-    assert len(rows) == expected and all(line.count("x)") == 2 for line in rows)
+    two_forms = [line for line in rows if "depthwise CondConv" not in line]
+    assert len(two_forms) == expected and all(line.count("x)") == 2 for line in two_forms)
+    three_forms = [line for line in rows if "depthwise CondConv" in line]  # PyTorch form, C++ kernel, shared kernel
+    assert len(three_forms) == (len(conv_forms.DEPTHWISE_CONDCONV) if cpu_kernels.available() else 0)
+    assert all(line.count("x)") == 3 for line in three_forms)

@@ -16,8 +16,10 @@ Compute, chosen by measurement on CPU (``bench/layer_timing.py``):
 * everything else (the depthwise k x k convs): fold the batch into the channels
   and run one grouped convolution with ``groups = B * groups``, as timm does;
   a per-sample loop took 1.8-4.4x as long at batch 32 (the same op at batch 1). In a fused model on
-  CPU that convolution runs in oneDNN (``cc_models.onednn.grouped_conv2d``).
-Both keep to ops FLOP counters understand (matmul, bmm, conv).
+  CPU that convolution runs in oneDNN (``cc_models.onednn.grouped_conv2d``), and on a channels_last
+  input a C++ kernel replaces it (``cc_models.cpu_kernels``: each sample's kernel mixed in cache and
+  convolved from the channels_last input, 0.35-0.65x the grouped form's time on B0's layers).
+The unfused model keeps to ops FLOP counters understand (matmul, bmm, conv).
 """
 from __future__ import annotations
 
@@ -27,9 +29,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import kernels, onednn
+from .. import cpu_kernels, kernels, onednn
 from .helpers import to_2tuple
-from .padding import resolve_padding, same_conv_operands
+from .padding import resolve_padding, same_conv_operands, same_padding_for
 
 
 class CondConv2d(nn.Module):
@@ -96,6 +98,8 @@ class CondConv2d(nn.Module):
             out = kernels.cuda_forward(self, x, routing_weights)
             if out is not None:
                 return out
+        elif self.inference and not self.pointwise and cpu_kernels.applies(self, x, routing_weights):
+            return self._forward_cpu_kernel(x, routing_weights)
         weight = torch.matmul(routing_weights, self.weight)  # [B, P]: this sample's kernel
         bias = torch.matmul(routing_weights, self.bias) if self.bias is not None else None
         if self.static_bias is not None:
@@ -137,6 +141,15 @@ class CondConv2d(nn.Module):
         else:  # the bias rides along in the matmul's output pass instead of a second pass over it
             out = torch.baddbmm(bias.unsqueeze(-1), weight, x)
         return out.view(b, self.out_channels, h, w)
+
+    def _forward_cpu_kernel(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
+        """The depthwise CondConv through the C++ kernel (``cc_models.cpu_kernels``): each sample's kernel mixed in
+        cache and convolved from the channels_last input, bias and SiLU in its epilogue."""
+        bias = self.static_bias
+        if self.bias is not None:  # the experts' own biases, mixed per sample: [B, C]
+            bias = torch.addmm(bias, routing_weights, self.bias) if bias is not None else routing_weights @ self.bias
+        padding = same_padding_for(x, self.kernel_size, self.stride, self.dilation) if self.dynamic_padding else None
+        return cpu_kernels.depthwise(self, x, routing_weights, bias, padding)
 
     def _forward_grouped(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                          act: str | None = None) -> torch.Tensor:

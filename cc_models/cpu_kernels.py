@@ -1,0 +1,166 @@
+"""A C++ kernel for CondConv's depthwise convolution on CPU, in the inference form.
+
+``CondConv2d`` calls :func:`depthwise` for the k x k depthwise CondConvs of a fused model
+(``model.eval().fuse()``) on a channels_last float32 CPU input. The kernel
+(``csrc/condconv_cpu.cpp``) mixes each sample's kernel from the experts into a buffer that
+stays in cache and convolves straight from the channels_last input, bias and SiLU in
+registers. timm's form (the batch folded into the channels, one grouped convolution)
+copies the input to NCHW and runs 2-2.6x the time of the same layer with a shared kernel;
+this kernel runs 1.2-1.5x of it at batch 32 and about 1x at batch 1 (``python -m
+bench.conv_forms``).
+
+It is compiled on first use with the C++ compiler torch's extensions use (``c++``) and
+``ninja`` (a dependency): about 10 s, once per machine, into torch's extension cache
+(``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``), under a name keyed
+by the source, the CPU's instruction set and the torch version. Where it cannot be built or loaded
+(no compiler, no Python headers), a warning says why once and the layers keep their
+PyTorch form: outputs are the same either way, within float rounding.
+``CC_MODELS_CPU_KERNELS=0`` turns it off.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import threading
+import warnings
+import weakref
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+SOURCE = Path(__file__).parent / "csrc" / "condconv_cpu.cpp"
+ENV_SWITCH = "CC_MODELS_CPU_KERNELS"
+# -march=native: built where it runs (the build name carries the CPU's flags); -ffp-contract=fast: FMAs;
+# -fopenmp: at::parallel_for is inline OpenMP, serial without it (the library then uses torch's loaded libgomp).
+CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
+
+_build_lock = threading.Lock()
+_failure: str | None = None  # why the kernel is unavailable, once known
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_name() -> str:
+    """The extension's name: its build directory and cached library change with the source, the CPU's
+    instruction set (``-march=native``) and the torch version."""
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), _cpu_flags().encode(), torch.__version__.encode(), " ".join(CFLAGS + LDFLAGS).encode()):
+        digest.update(part)
+    return f"cc_condconv_cpu_{digest.hexdigest()[:12]}"
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> bool:
+    global _failure
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        _failure = f"built and measured on x86-64 only (this is {platform.machine()})"
+        return False
+    try:
+        from torch.utils import cpp_extension
+
+        _ninja_on_path()
+        with _build_lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "No CUDA runtime is found": irrelevant to a CPU extension
+            cpp_extension.load(name=build_name(), sources=[str(SOURCE)], extra_cflags=CFLAGS,
+                               extra_ldflags=LDFLAGS, is_python_module=False, verbose=False)
+        torch.ops.cc_condconv.depthwise  # noqa: B018  (raise if the library did not register)
+    except Exception as exc:  # no compiler, no headers, no ninja, a failed build: keep the PyTorch form
+        _failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}"
+        warnings.warn(f"cc_models: the CondConv CPU kernel could not be built ({_failure}); the depthwise "
+                      f"CondConvs keep their PyTorch form (same outputs, slower). Set {ENV_SWITCH}=0 to skip "
+                      "the attempt.", RuntimeWarning, stacklevel=3)
+        return False
+    return True
+
+
+def _ninja_on_path() -> None:
+    """torch builds extensions with the ``ninja`` it finds on PATH; the ``ninja`` wheel (a dependency) puts one in
+    the environment's bin folder, which is not on PATH when the venv is not activated."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+        except ImportError:
+            return
+        os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
+
+
+def available() -> bool:
+    """True when the kernel is enabled and built (building it on the first call)."""
+    return enabled() and _load()
+
+
+def failure() -> str | None:
+    """Why :func:`available` is False after a failed build, else None."""
+    return _failure
+
+
+def applies(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor) -> bool:
+    """Whether ``layer`` (a depthwise ``CondConv2d`` in its inference form) may run :func:`depthwise` on ``x``."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and layer.weight.dtype == torch.float32
+            and routing.dtype == torch.float32 and x.dim() == 4 and x.numel() > 0
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and layer.groups == layer.in_channels == layer.out_channels and layer.dilation == (1, 1)
+            and layer.stride[0] == layer.stride[1] and layer.epilogue_act in (None, "silu")
+            and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad
+                                                  or routing.requires_grad))
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.compiler.is_compiling()
+            and not _dispatch_mode_active() and available())
+
+
+def _dispatch_mode_active() -> bool:
+    # FlopCounterMode and friends see ATen ops; an opaque custom op would hide the convolution from them.
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None
+
+
+# layer -> ((weight identity), experts as [E, kh*kw*C]): the layout the kernel mixes contiguously.
+_taps_last: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
+
+
+def _experts_taps_outer(layer: nn.Module) -> torch.Tensor:
+    weight = layer.weight
+    key = (weight.data_ptr(), -1 if weight.is_inference() else weight._version, tuple(weight.shape))
+    cached = _taps_last.get(layer)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    e, c = layer.num_experts, layer.out_channels
+    kk = layer.kernel_size[0] * layer.kernel_size[1]
+    experts = weight.detach().view(e, c, kk).transpose(1, 2).reshape(e, kk * c).contiguous()
+    _taps_last[layer] = (key, experts)  # a race only builds the same tensor twice
+    return experts
+
+
+def depthwise(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor, bias: torch.Tensor | None,
+              padding: tuple[int, int, int, int] | None) -> torch.Tensor:
+    """``layer``'s output for ``x`` (channels_last) with its ``epilogue_act``; the caller checked :func:`applies`.
+
+    ``bias``: [C] or [B, C] or None. ``padding``: F.pad order (left, right, top, bottom), TF "SAME"'s for this
+    input, or None for the layer's own symmetric padding."""
+    kh, kw = layer.kernel_size
+    stride = layer.stride[0]
+    if padding is None:
+        ph, pw = layer.padding
+        padding = (pw, pw, ph, ph)
+    left, right, top, bottom = padding
+    ho = (x.shape[-2] + top + bottom - kh) // stride + 1
+    wo = (x.shape[-1] + left + right - kw) // stride + 1
+    return torch.ops.cc_condconv.depthwise(x, _experts_taps_outer(layer), routing, bias, kh, kw, stride, top, left,
+                                           ho, wo, layer.epilogue_act == "silu")
