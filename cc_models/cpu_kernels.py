@@ -4,10 +4,11 @@
 (``model.eval().fuse()``) on a channels_last float32 CPU input. The kernel
 (``csrc/condconv_cpu.cpp``) mixes each sample's kernel from the experts into a buffer that
 stays in cache and convolves straight from the channels_last input, bias and SiLU in
-registers. timm's form (the batch folded into the channels, one grouped convolution)
-copies the input to NCHW and runs 2-2.6x the time of the same layer with a shared kernel;
-this kernel runs 1.2-1.5x of it at batch 32 and about 1x at batch 1 (``python -m
-bench.conv_forms``).
+registers. On B0's depthwise CondConvs (2 threads, ``python -m bench.conv_forms``):
+timm's form (the batch folded into the channels, one oneDNN grouped convolution,
+the input copied to NCHW) runs 2.7-4.8x the time of the same layer with one shared
+kernel at batch 32; this kernel runs 1.1-1.4x of it (2-4x faster than the grouped
+form), and at batch 1 0.75-0.9x of it (1.7-2.9x faster than the grouped form).
 
 It is compiled on first use with the C++ compiler torch's extensions use (``c++``) and
 ``ninja`` (a dependency): about 10 s, once per machine, into torch's extension cache

@@ -18,7 +18,7 @@ Compute, chosen by measurement on CPU (``bench/layer_timing.py``):
   a per-sample loop took 1.8-4.4x as long at batch 32 (the same op at batch 1). In a fused model on
   CPU that convolution runs in oneDNN (``cc_models.onednn.grouped_conv2d``), and on a channels_last
   input a C++ kernel replaces it (``cc_models.cpu_kernels``: each sample's kernel mixed in cache and
-  convolved from the channels_last input, 0.35-0.65x the grouped form's time on B0's layers).
+  convolved from the channels_last input, 0.25-0.6x the grouped form's time on B0's layers).
 The unfused model keeps to ops FLOP counters understand (matmul, bmm, conv).
 """
 from __future__ import annotations
