@@ -9,7 +9,8 @@ The allocator is per process, so each setting gets its own worker process
 Every worker builds the same model in the same form (ours: fused +
 channels_last; timm: channels_last), with the same threads and denormals
 flushed, and waits. The parent then asks them in turn, one at a time and in
-rotating order, to time one batch: interleaved, never two at once. It prints
+a shuffled order each round (as ``cc-bench compare``: no worker always follows
+the same other one), to time one batch: interleaved, never two at once. It prints
 the median images/s per allocator (with the range) and each one's ratio to
 ``default``. A speed target of the issue lives here, not in a unit test.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -111,9 +113,10 @@ def compare_allocators(model_id: str, impl: str, allocators: Sequence[str], thre
         for w in workers:
             w.wait_ready()
         times: dict[int, dict[str, list[float]]] = {bs: {w.label: [] for w in workers} for bs in batch_sizes}
-        for r in range(repeats):
+        order = random.Random(0)
+        for _ in range(repeats):
             for bs in batch_sizes:
-                for w in workers[r % len(workers):] + workers[:r % len(workers)]:
+                for w in order.sample(workers, len(workers)):
                     times[bs][w.label].append(w.time(bs))
         return times
     finally:

@@ -7,8 +7,9 @@ For each variant it builds our model and timm's, gives both the same weights
 random ones, see ``bench.calibrate``), checks that their outputs agree within
 1e-4 (unfused, fused, channels_last), then times every contender of
 ``CONTENDERS`` (a list of named compute forms) interleaved: each repeat runs
-every contender once, in rotating order, same threads, dtype and allocator
-state; warm-up, median. Before timing, each contender's output at that batch
+every contender once, in a shuffled order (so that no contender always runs
+right after the same other one), same threads, dtype and allocator state;
+warm-up, median. Before timing, each contender's output at that batch
 size is checked against its oracle (timm eager, or timm's plain EfficientNet
 for the no-CondConv reference).
 
@@ -42,6 +43,7 @@ import argparse
 import contextlib
 import copy
 import json
+import random
 import re
 import resource
 import statistics
@@ -300,10 +302,15 @@ def check_cuda_parity(ours: nn.Module, theirs: nn.Module, input_size: tuple[int,
 def time_interleaved(runners: dict[str, Callable[[], object]], *, warmup: int, repeats: int, device: str,
                      autocast: contextlib.AbstractContextManager | None = None,
                      min_time_s: float = 0.0) -> dict[str, list[float]]:
-    """Seconds per call of each runner; every repeat runs each once, the order rotating per repeat. Repeats
-    go on past ``repeats`` until the timed calls add up to ``min_time_s`` (at most ``MAX_REPEATS``)."""
+    """Seconds per call of each runner; every repeat runs each once, in a shuffled order (seeded). Repeats
+    go on past ``repeats`` until the timed calls add up to ``min_time_s`` (at most ``MAX_REPEATS``).
+
+    Shuffled, not rotated: rotating the start of a fixed cycle keeps every runner's predecessor the same, and
+    what ran just before moves a CPU timing. In run 20261128T041927Z-ef90 (rotation) ours always followed ONNX
+    Runtime; our plain model ran 69 img/s after ONNX Runtime and 79 after ours (b0_4e, batch 1)."""
     timer = throughput.timer(device)
     names = list(runners)
+    order = random.Random(0)
     times: dict[str, list[float]] = {n: [] for n in names}
     with torch.inference_mode(), (autocast or contextlib.nullcontext()):
         for _ in range(warmup):
@@ -313,7 +320,7 @@ def time_interleaved(runners: dict[str, Callable[[], object]], *, warmup: int, r
             torch.cuda.synchronize()
         r = 0
         while r < repeats or (r < MAX_REPEATS and sum(map(sum, times.values())) < min_time_s):
-            for n in names[r % len(names):] + names[:r % len(names)]:
+            for n in order.sample(names, len(names)):
                 times[n].append(timer(runners[n]))
             r += 1
     return times
