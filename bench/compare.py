@@ -626,7 +626,8 @@ def run(args: argparse.Namespace) -> int:
     environment = env_mod.collect(device).to_dict()
     log(f"cc-bench compare: {environment['device_name']}, torch {environment['torch_version']}, "
         f"{environment['threads']} threads, allocator {environment['allocator']}, flush denormals "
-        f"{environment['flush_denormals']}; contenders interleaved, median of {args.repeats}"
+        f"{environment['flush_denormals']}, CondConv CPU kernels {environment['cpu_kernels']}; contenders "
+        f"interleaved, median of {args.repeats}"
         + (f" or more (at least {args.min_time_s:g} s of timed calls per batch size)" if args.min_time_s else ""))
     rows, parities = [], {}
     try:

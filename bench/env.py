@@ -41,6 +41,7 @@ class Environment:
     flush_denormals: bool
     fingerprint: dict
     fingerprint_id: str
+    cpu_kernels: str = "unknown"  # the C++ CondConv kernels of the CPU inference form: built, off, or why not
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -158,6 +159,20 @@ def device_name(device: str) -> str:
     return cpu_name()
 
 
+def cpu_kernels_state(device: str) -> str:
+    """Whether ``cc_models.cpu_kernels`` serves the depthwise CondConvs here (building it if needed): the CPU
+    timings of ours depend on it."""
+    if device != "cpu":
+        return f"not used on {device}"
+    from cc_models import cpu_kernels
+
+    if not cpu_kernels.enabled():
+        return f"off ({cpu_kernels.ENV_SWITCH}=0)"
+    if cpu_kernels.available():
+        return f"built ({cpu_kernels.build_name()})"
+    return f"unavailable: {cpu_kernels.failure()}"
+
+
 def collect(device: str) -> Environment:
     cpu = cpu_state()
     found = fingerprint(device)
@@ -174,6 +189,7 @@ def collect(device: str) -> Environment:
         flush_denormals=cpu.flush_denormals,
         fingerprint=found,
         fingerprint_id=fingerprint_id(found),
+        cpu_kernels=cpu_kernels_state(device),
     )
 
 

@@ -222,3 +222,12 @@ def test_build_name_tracks_source_cpu_and_torch(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert cpu_kernels.available()  # built once already in this session: no warning
+
+
+def test_run_records_say_whether_the_kernel_served(monkeypatch):
+    from bench import env
+
+    assert env.collect("cpu").cpu_kernels == f"built ({cpu_kernels.build_name()})"
+    assert env.cpu_kernels_state("cuda") == "not used on cuda"
+    monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")
+    assert env.cpu_kernels_state("cpu") == f"off ({cpu_kernels.ENV_SWITCH}=0)"
