@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 SOURCE = Path(__file__).parent / "csrc" / "condconv_cpu.cpp"
 ENV_SWITCH = "CC_MODELS_CPU_KERNELS"
@@ -62,8 +63,8 @@ def build_name() -> str:
     """The extension's name: its build directory and cached library change with the source, the CPU's
     instruction set (``-march=native``) and the torch version."""
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), _cpu_flags().encode(), torch.__version__.encode(), " ".join(CFLAGS + LDFLAGS).encode()):
-        digest.update(part)
+    for part in (SOURCE.read_bytes(), _cpu_flags(), torch.__version__, " ".join(CFLAGS + LDFLAGS)):
+        digest.update(part if isinstance(part, bytes) else part.encode())
     return f"cc_condconv_cpu_{digest.hexdigest()[:12]}"
 
 
@@ -127,25 +128,23 @@ def applies(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor) -> bool:
 
 def _dispatch_mode_active() -> bool:
     # FlopCounterMode and friends see ATen ops; an opaque custom op would hide the convolution from them.
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
     return _get_current_dispatch_mode() is not None
 
 
 # layer -> ((weight identity), experts as [E, kh*kw*C]): the layout the kernel mixes contiguously.
-_taps_last: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
+_taps_outer: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, torch.Tensor]] = weakref.WeakKeyDictionary()
 
 
 def _experts_taps_outer(layer: nn.Module) -> torch.Tensor:
     weight = layer.weight
     key = (weight.data_ptr(), -1 if weight.is_inference() else weight._version, tuple(weight.shape))
-    cached = _taps_last.get(layer)
+    cached = _taps_outer.get(layer)
     if cached is not None and cached[0] == key:
         return cached[1]
     e, c = layer.num_experts, layer.out_channels
     kk = layer.kernel_size[0] * layer.kernel_size[1]
     experts = weight.detach().view(e, c, kk).transpose(1, 2).reshape(e, kk * c).contiguous()
-    _taps_last[layer] = (key, experts)  # a race only builds the same tensor twice
+    _taps_outer[layer] = (key, experts)  # a race only builds the same tensor twice
     return experts
 
 
