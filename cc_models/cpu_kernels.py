@@ -38,8 +38,8 @@ SOURCE = Path(__file__).parent / "csrc" / "condconv_cpu.cpp"
 ENV_SWITCH = "CC_MODELS_CPU_KERNELS"
 # -march=native: built where it runs (the build name carries the CPU's flags); -ffp-contract=fast: FMAs;
 # -fopenmp: at::parallel_for is inline OpenMP, serial without it (the library then uses torch's loaded libgomp).
-CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]
-LDFLAGS = ["-fopenmp"]
+CFLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
 
 _build_lock = threading.Lock()
 _failure: str | None = None  # why the kernel is unavailable, once known
@@ -80,8 +80,9 @@ def _load() -> bool:
         _ninja_on_path()
         with _build_lock, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "No CUDA runtime is found": irrelevant to a CPU extension
-            cpp_extension.load(name=build_name(), sources=[str(SOURCE)], extra_cflags=CFLAGS,
-                               extra_ldflags=LDFLAGS, is_python_module=False, verbose=False)
+            # lists of our own: torch appends to the ones it is given
+            cpp_extension.load(name=build_name(), sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
+                               extra_ldflags=list(LDFLAGS), is_python_module=False, verbose=False)
         torch.ops.cc_condconv.depthwise  # noqa: B018  (raise if the library did not register)
     except Exception as exc:  # no compiler, no headers, no ninja, a failed build: keep the PyTorch form
         _failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,8 +216,13 @@ def test_a_failed_build_warns_once_and_keeps_the_pytorch_form(monkeypatch):
 
 
 def test_build_name_tracks_source_cpu_and_torch(monkeypatch):
+    from torch.utils import cpp_extension
+
+    assert cpu_kernels.available()
     name = cpu_kernels.build_name()
     assert name.startswith("cc_condconv_cpu_")
+    # the name a run record gives is the library that was built (torch's build once appended to our flag list)
+    assert (Path(cpp_extension._get_build_directory(name, verbose=False)) / f"{name}.so").exists()
     monkeypatch.setattr(cpu_kernels, "_cpu_flags", lambda: "sse2")  # another machine: another build
     assert cpu_kernels.build_name() != name
     with warnings.catch_warnings():
