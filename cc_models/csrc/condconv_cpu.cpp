@@ -18,15 +18,19 @@
 
 namespace {
 
-// mixed[t, c] = sum_e r[e] * experts[e, t, c]: the experts as [E, kh*kw, C] (see depthwise's wrapper), so the
-// mix is E contiguous passes over a buffer that stays in L1/L2.
-void mix_depthwise(const float* experts, const float* r, int64_t E, int64_t C, int64_t kk, float* mixed) {
-  const int64_t n = kk * C;
-  for (int64_t k = 0; k < n; ++k) mixed[k] = r[0] * experts[k];
-  for (int64_t e = 1; e < E; ++e) {
-    const float re = r[e];
-    const float* w = experts + e * n;
-    for (int64_t k = 0; k < n; ++k) mixed[k] += re * w[k];
+// mixed[t, c] = sum_e r[e] * experts[e, t, c] for channels [c_lo, c_hi): the experts as [E, kh*kw, C] (see
+// depthwise's wrapper), so the mix is E contiguous passes over a buffer that stays in L1/L2.
+void mix_depthwise(const float* experts, const float* r, int64_t E, int64_t C, int64_t kk, int64_t c_lo, int64_t c_hi,
+                   float* mixed) {
+  for (int64_t t = 0; t < kk; ++t) {
+    float* m = mixed + t * C;
+    const float* w0 = experts + t * C;
+    for (int64_t c = c_lo; c < c_hi; ++c) m[c] = r[0] * w0[c];
+    for (int64_t e = 1; e < E; ++e) {
+      const float re = r[e];
+      const float* w = experts + e * kk * C + t * C;
+      for (int64_t c = c_lo; c < c_hi; ++c) m[c] += re * w[c];
+    }
   }
 }
 
@@ -200,31 +204,24 @@ at::Tensor depthwise(const at::Tensor& x, const at::Tensor& experts, const at::T
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   const int64_t blocks = (C + L - 1) / L;
-  if (B >= at::get_num_threads()) {
-    // samples split between the threads: each mixes a sample's kernel once into a buffer that stays in cache
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      std::vector<float> w(kk * C);
-      for (int64_t b = b0; b < b1; ++b) {
-        mix_depthwise(ep, rp + b * E, E, C, kk, w.data());
-        const float* bb = bp ? (bias_per_sample ? bp + b * C : bp) : nullptr;
-        if (b == b0)  // the first sample of this thread's share: nothing prefetched it
-          for (int64_t k = 0; k < H * W * C; k += L) __builtin_prefetch(xp + b * H * W * C + k, 0, 2);
-        dw_sample(xp + b * H * W * C, w.data(), bb, op + b * Ho * Wo * C, H, W, C, kh, kw, stride, pad_t, pad_l,
-                  Ho, Wo, 0, blocks, silu, b + 1 < b1 ? xp + (b + 1) * H * W * C : nullptr);
-      }
-    });
-  } else {
-    // fewer samples than threads: each sample's channel blocks split between them
+  // Work items (sample, channel block), split between the threads in contiguous runs: at batch 32 on 2 threads a
+  // thread takes 16 whole samples, at batch 1 half of the channel blocks, at batch 3 one and a half samples. A
+  // thread mixes only the channels of its run, once per sample, into a buffer that stays in cache.
+  at::parallel_for(0, B * blocks, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> w(kk * C);
-    for (int64_t b = 0; b < B; ++b) {
-      mix_depthwise(ep, rp + b * E, E, C, kk, w.data());
+    for (int64_t i = i0; i < i1;) {
+      const int64_t b = i / blocks, blk0 = i % blocks, blk1 = std::min(blocks, blk0 + (i1 - i));
+      const bool whole = blk0 == 0 && blk1 == blocks;
+      mix_depthwise(ep, rp + b * E, E, C, kk, blk0 * L, std::min(C, blk1 * L), w.data());
       const float* bb = bp ? (bias_per_sample ? bp + b * C : bp) : nullptr;
-      at::parallel_for(0, blocks, 1, [&](int64_t k0, int64_t k1) {
-        dw_sample(xp + b * H * W * C, w.data(), bb, op + b * Ho * Wo * C, H, W, C, kh, kw, stride, pad_t, pad_l,
-                  Ho, Wo, k0, k1, silu);
-      });
+      if (whole && i == i0)  // the first whole sample of this run: nothing prefetched it
+        for (int64_t k = 0; k < H * W * C; k += L) __builtin_prefetch(xp + b * H * W * C + k, 0, 2);
+      i += blk1 - blk0;
+      const bool next_whole = whole && i + blocks <= i1;  // the next sample is this run's too, all of it
+      dw_sample(xp + b * H * W * C, w.data(), bb, op + b * Ho * Wo * C, H, W, C, kh, kw, stride, pad_t, pad_l,
+                Ho, Wo, blk0, blk1, silu, next_whole ? xp + (b + 1) * H * W * C : nullptr);
     }
-  }
+  });
   return out;
 }
 
