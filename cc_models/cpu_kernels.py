@@ -1,7 +1,8 @@
-"""A C++ kernel for CondConv's depthwise convolution on CPU, in the inference form.
+"""C++ kernels for CondConv on CPU, in the inference form.
 
 ``CondConv2d`` calls :func:`depthwise` for the k x k depthwise CondConvs of a fused model
-(``model.eval().fuse()``) on a channels_last float32 CPU input. The kernel
+(``model.eval().fuse()``) on a channels_last float32 CPU input, and :func:`bias_silu_` to end
+its pointwise CondConvs followed by a SiLU (bias and SiLU in one pass after the batched product). The kernel
 (``csrc/condconv_cpu.cpp``) mixes each sample's kernel from the experts into a buffer that
 stays in cache and convolves straight from the channels_last input, bias and SiLU in
 registers. On B0's depthwise CondConvs (2 threads, ``python -m bench.conv_forms``):
@@ -114,17 +115,26 @@ def failure() -> str | None:
     return _failure
 
 
-def applies(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor) -> bool:
-    """Whether ``layer`` (a depthwise ``CondConv2d`` in its inference form) may run :func:`depthwise` on ``x``."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and layer.weight.dtype == torch.float32
-            and routing.dtype == torch.float32 and x.dim() == 4 and x.numel() > 0
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and layer.groups == layer.in_channels == layer.out_channels and layer.dilation == (1, 1)
-            and layer.stride[0] == layer.stride[1] and layer.epilogue_act in (None, "silu")
-            and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad
-                                                  or routing.requires_grad))
+def _may_run(*tensors: torch.Tensor) -> bool:
+    """CPU float32 operands, no autograd needed, nothing recording ATen ops (tracing, scripting, torch.compile,
+    a TorchDispatchMode such as FlopCounterMode), and the library built."""
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
             and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.compiler.is_compiling()
             and not _dispatch_mode_active() and available())
+
+
+def applies(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor) -> bool:
+    """Whether ``layer`` (a depthwise ``CondConv2d`` in its inference form) may run :func:`depthwise` on ``x``."""
+    return (x.dim() == 4 and x.numel() > 0 and x.is_contiguous(memory_format=torch.channels_last)
+            and layer.groups == layer.in_channels == layer.out_channels and layer.dilation == (1, 1)
+            and layer.stride[0] == layer.stride[1] and layer.epilogue_act in (None, "silu")
+            and _may_run(x, layer.weight, routing))
+
+
+def epilogue_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a pointwise CondConv of ``x`` by the mixed ``weight`` may end in :func:`bias_silu_`."""
+    return x.numel() > 0 and _may_run(x, weight)
 
 
 def _dispatch_mode_active() -> bool:
@@ -165,3 +175,8 @@ def depthwise(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor, bias: to
     wo = (x.shape[-1] + left + right - kw) // stride + 1
     return torch.ops.cc_condconv.depthwise(x, _experts_taps_outer(layer), routing, bias, kh, kw, stride, top, left,
                                            ho, wo, layer.epilogue_act == "silu")
+
+
+def bias_silu_(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``out`` ([B, M, N], contiguous) = SiLU(out + bias) in place, one pass; ``bias``: [N], [B, N] or None."""
+    return torch.ops.cc_condconv.bias_silu_(out, bias)

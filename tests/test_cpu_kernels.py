@@ -24,14 +24,19 @@ pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ comp
 @pytest.fixture
 def calls(monkeypatch):
     """How many times the layers ran the kernel."""
-    count = {"n": 0}
-    real = cpu_kernels.depthwise
+    count = {"n": 0, "epilogue": 0}
+    real, real_epilogue = cpu_kernels.depthwise, cpu_kernels.bias_silu_
 
     def spy(*args, **kwargs):
         count["n"] += 1
         return real(*args, **kwargs)
 
+    def spy_epilogue(*args, **kwargs):
+        count["epilogue"] += 1
+        return real_epilogue(*args, **kwargs)
+
     monkeypatch.setattr(cpu_kernels, "depthwise", spy)
+    monkeypatch.setattr(cpu_kernels, "bias_silu_", spy_epilogue)
     return count
 
 
@@ -139,12 +144,43 @@ def test_whole_model_runs_the_kernel_and_matches_timm(calls):
     theirs.load_state_dict(ours.state_dict())
     fused = copy.deepcopy(ours).fuse().to(memory_format=torch.channels_last)
     depthwise = [m for m in fused.modules() if isinstance(m, CondConv2d) and not m.pointwise]
+    expansions = [m for m in fused.modules() if isinstance(m, CondConv2d) and m.pointwise and m.epilogue_act]
     x = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
         expected = theirs(x)
         out = fused(x.contiguous(memory_format=torch.channels_last))
     assert calls["n"] == len(depthwise) > 0
+    assert calls["epilogue"] == len(expansions) > 0
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bias_shape", [None, "shared", "per sample"])
+def test_bias_silu_epilogue_matches_add_then_silu(bias_shape):
+    g = torch.Generator().manual_seed(4)
+    out = torch.randn(3, 7, 40, generator=g) * 4  # 40 channels: two vectors of 16 and a tail of 8
+    bias = {None: None, "shared": torch.randn(40, generator=g), "per sample": torch.randn(3, 1, 40, generator=g)}[bias_shape]
+    expected = F.silu(out.double() + (0 if bias is None else bias.double()))
+    result = cpu_kernels.bias_silu_(out, None if bias is None else bias.reshape(-1, 40).squeeze(0))
+    assert result.data_ptr() == out.data_ptr()  # in place
+    torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=2e-6)
+
+
+def test_pointwise_condconv_ends_in_the_epilogue(calls):
+    from cc_models.fuse import _experts_in_out_
+
+    torch.manual_seed(6)
+    layer = CondConv2d(24, 40, 1, 1, padding="same", num_experts=4).eval()
+    layer.static_bias, layer.epilogue_act, layer.inference = torch.randn(40), "silu", True
+    x = torch.randn(3, 24, 5, 7).contiguous(memory_format=torch.channels_last)
+    routing = torch.rand(3, 4)
+    kernels = (routing.double() @ layer.weight.detach().double()).view(3, 40, 24, 1, 1)
+    expected = F.silu(torch.cat([F.conv2d(x[b:b + 1].double(), kernels[b], layer.static_bias.double())
+                                 for b in range(3)]))
+    _experts_in_out_(layer)
+    with torch.inference_mode():
+        out = layer(x, routing)
+    assert calls["epilogue"] == 1
+    torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=2e-5)
 
 
 def test_kernel_is_skipped_where_it_does_not_apply(calls, monkeypatch):
@@ -200,6 +236,10 @@ def test_op_rejects_bad_operands_with_a_message():
         op(x, experts, routing, torch.randn(15), 3, 3, 1, 1, 1, 5, 5, False)
     with pytest.raises(RuntimeError, match=r"positive"):
         op(x, experts, routing, None, 3, 3, 0, 1, 1, 5, 5, False)
+    with pytest.raises(RuntimeError, match=r"bias_silu_: out must be"):
+        torch.ops.cc_condconv.bias_silu_(torch.randn(4, 5), None)
+    with pytest.raises(RuntimeError, match=r"bias_silu_: bias must be"):
+        torch.ops.cc_condconv.bias_silu_(torch.randn(2, 4, 5), torch.randn(4))
 
 
 def test_a_failed_build_warns_once_and_keeps_the_pytorch_form(monkeypatch):

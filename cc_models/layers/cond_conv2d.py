@@ -105,6 +105,9 @@ class CondConv2d(nn.Module):
         if self.static_bias is not None:
             bias = self.static_bias.expand(x.shape[0], -1) if bias is None else bias + self.static_bias
         if self.pointwise:
+            if (self.inference and self.experts_in_out and self.epilogue_act == "silu"
+                    and cpu_kernels.epilogue_applies(x, weight)):
+                return self._forward_bmm_silu(x, weight, bias)
             return self._activate(self._forward_bmm(x, weight, bias))
         if x.is_cuda:  # cuDNN's autotuner never finishes on batch x channels groups
             with kernels.cudnn_without_benchmark():
@@ -150,6 +153,14 @@ class CondConv2d(nn.Module):
             bias = torch.addmm(bias, routing_weights, self.bias) if bias is not None else routing_weights @ self.bias
         padding = same_padding_for(x, self.kernel_size, self.stride, self.dilation) if self.dynamic_padding else None
         return cpu_kernels.depthwise(self, x, routing_weights, bias, padding)
+
+    def _forward_bmm_silu(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``_forward_bmm`` then the SiLU, the bias and SiLU in one pass after the product (``cpu_kernels.bias_silu_``)
+        instead of baddbmm's copy of the bias into the output and a SiLU pass of its own."""
+        b, c, h, w = x.shape
+        out = torch.bmm(x.permute(0, 2, 3, 1).reshape(b, h * w, c), weight.view(b, c, self.out_channels))
+        cpu_kernels.bias_silu_(out, bias)
+        return out.view(b, h, w, self.out_channels).permute(0, 3, 1, 2)
 
     def _forward_grouped(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                          act: str | None = None) -> torch.Tensor:
