@@ -174,6 +174,16 @@ inline void dw_sample(const float* x, const float* w, const float* bias, float* 
   }
 }
 
+// The optional bias, contiguous: shared [N] or per sample [B, N]; undefined when absent.
+at::Tensor checked_bias(const c10::optional<at::Tensor>& bias_opt, int64_t B, int64_t N, const char* op) {
+  if (!bias_opt.has_value() || !bias_opt->defined()) return at::Tensor();
+  at::Tensor bias = bias_opt->contiguous();
+  TORCH_CHECK(bias.scalar_type() == at::kFloat && ((bias.dim() == 1 && bias.size(0) == N) ||
+              (bias.dim() == 2 && bias.size(0) == B && bias.size(1) == N)),
+              op, ": bias must be a float32 [", N, "] or [", B, ", ", N, "] tensor");
+  return bias;
+}
+
 // x: [B, C, H, W] channels_last; experts [E, kh*kw*C] (each expert's taps outermost); routing [B, E];
 // bias [C] (shared) or [B, C] (per sample) or none; output [B, C, Ho, Wo] channels_last. Padding: pad_t rows above
 // and pad_l columns left of the input, and as many below and right as Ho, Wo need (TF SAME's asymmetric kind too).
@@ -190,13 +200,7 @@ at::Tensor depthwise(const at::Tensor& x, const at::Tensor& experts, const at::T
               "depthwise: routing must be a float32 [B, E] tensor");
   TORCH_CHECK(kh > 0 && kw > 0 && stride > 0 && pad_t >= 0 && pad_l >= 0 && Ho > 0 && Wo > 0,
               "depthwise: kernel, stride, output size must be positive and padding non-negative");
-  at::Tensor bias;
-  if (bias_opt.has_value() && bias_opt->defined()) {
-    bias = bias_opt->contiguous();
-    TORCH_CHECK(bias.scalar_type() == at::kFloat && ((bias.dim() == 1 && bias.size(0) == C) ||
-                (bias.dim() == 2 && bias.size(0) == B && bias.size(1) == C)),
-                "depthwise: bias must be a float32 [C] or [B, C] tensor");
-  }
+  const at::Tensor bias = checked_bias(bias_opt, B, C, "depthwise");
   const bool bias_per_sample = bias.defined() && bias.dim() == 2;
   at::Tensor out = at::empty({B, C, Ho, Wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   const float* xp = x.data_ptr<float>();
@@ -233,13 +237,7 @@ at::Tensor& bias_silu_(at::Tensor& out, const c10::optional<at::Tensor>& bias_op
   TORCH_CHECK(out.dim() == 3 && out.scalar_type() == at::kFloat && out.is_contiguous(),
               "bias_silu_: out must be a contiguous float32 [B, M, N] tensor");
   const int64_t B = out.size(0), M = out.size(1), N = out.size(2);
-  at::Tensor bias;
-  if (bias_opt.has_value() && bias_opt->defined()) {
-    bias = bias_opt->contiguous();
-    TORCH_CHECK(bias.scalar_type() == at::kFloat && ((bias.dim() == 1 && bias.size(0) == N) ||
-                (bias.dim() == 2 && bias.size(0) == B && bias.size(1) == N)),
-                "bias_silu_: bias must be a float32 [N] or [B, N] tensor");
-  }
+  const at::Tensor bias = checked_bias(bias_opt, B, N, "bias_silu_");
   const bool per_sample = bias.defined() && bias.dim() == 2;
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
