@@ -12,7 +12,8 @@ Compute, chosen by measurement on CPU (``bench/layer_timing.py``):
   convolution at batch 32 and 0.38-0.94x at batch 1 (2 threads, B0 shapes). On a channels_last
   input the same product runs as ``[B, H*W, Cin] @ [B, Cin, Cout]``, so the output stays channels_last.
   A fused model stores the experts as ``[Cin, Cout]`` so that the mixed kernel is that right operand
-  as it is (``experts_in_out``).
+  as it is (``experts_in_out``); on CPU a SiLU after it runs with the bias in one C++ pass
+  (``cc_models.cpu_kernels.bias_silu_``).
 * everything else (the depthwise k x k convs): fold the batch into the channels
   and run one grouped convolution with ``groups = B * groups``, as timm does;
   a per-sample loop took 1.8-4.4x as long at batch 32 (the same op at batch 1). In a fused model on
