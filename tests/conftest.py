@@ -1,6 +1,7 @@
 """Shared pytest setup: the helper modules beside the tests import by plain name, whatever the import mode.
 
-Helpers: ``constants`` (model ids, anchors), ``bench_support``, ``docs_support``, ``model_oracle``, ``hub_server``.
+Helpers: ``constants`` (model ids, anchors), ``bench_support``, ``docs_support``, ``model_oracle``, ``hub_server``;
+fixture ``count_calls`` (which code path ran).
 """
 from __future__ import annotations
 
@@ -22,3 +23,24 @@ def _no_flush_denormal_leak():
     torch = sys.modules.get("torch")
     if torch is not None:
         torch.set_flush_denormal(False)
+
+
+@pytest.fixture
+def count_calls(monkeypatch):
+    """``count_calls(module, name, ...)`` wraps each named function of ``module`` for the test's duration and
+    returns ``{name: calls so far}``: which code path a layer took, without changing what it computes."""
+    counts: dict[str, int] = {}
+
+    def wrap(module, *names: str) -> dict[str, int]:
+        for name in names:
+            real = getattr(module, name)
+            counts[name] = 0
+
+            def spy(*args, _real=real, _name=name, **kwargs):
+                counts[_name] += 1
+                return _real(*args, **kwargs)
+
+            monkeypatch.setattr(module, name, spy)
+        return counts
+
+    return wrap

@@ -22,22 +22,9 @@ pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ comp
 
 
 @pytest.fixture
-def calls(monkeypatch):
-    """How many times the layers ran the kernel."""
-    count = {"n": 0, "epilogue": 0}
-    real, real_epilogue = cpu_kernels.depthwise, cpu_kernels.bias_silu_
-
-    def spy(*args, **kwargs):
-        count["n"] += 1
-        return real(*args, **kwargs)
-
-    def spy_epilogue(*args, **kwargs):
-        count["epilogue"] += 1
-        return real_epilogue(*args, **kwargs)
-
-    monkeypatch.setattr(cpu_kernels, "depthwise", spy)
-    monkeypatch.setattr(cpu_kernels, "bias_silu_", spy_epilogue)
-    return count
+def calls(count_calls):
+    """How many times the layers ran each kernel."""
+    return count_calls(cpu_kernels, "depthwise", "bias_silu_")
 
 
 @pytest.fixture
@@ -105,7 +92,7 @@ def test_kernel_matches_per_sample_convolution(channels, kernel, stride, padding
     routing = torch.rand(batch, 4, generator=g)
     with torch.inference_mode():
         out = layer(x, routing)
-    assert calls["n"] == 1
+    assert calls["depthwise"] == 1
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out.double(), _oracle(layer, x, routing), atol=2e-5, rtol=2e-5)
 
@@ -118,7 +105,7 @@ def test_kernel_without_bias_or_activation(silu, static_bias, calls):
     routing = torch.rand(2, 8)
     with torch.inference_mode():
         out = layer(x, routing)
-    assert calls["n"] == 1
+    assert calls["depthwise"] == 1
     torch.testing.assert_close(out.double(), _oracle(layer, x, routing), atol=2e-5, rtol=2e-5)
 
 
@@ -149,8 +136,8 @@ def test_whole_model_runs_the_kernel_and_matches_timm(calls):
     with torch.inference_mode():
         expected = theirs(x)
         out = fused(x.contiguous(memory_format=torch.channels_last))
-    assert calls["n"] == len(depthwise) > 0
-    assert calls["epilogue"] == len(expansions) > 0
+    assert calls["depthwise"] == len(depthwise) > 0
+    assert calls["bias_silu_"] == len(expansions) > 0
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -179,7 +166,7 @@ def test_pointwise_condconv_ends_in_the_epilogue(calls):
     _experts_in_out_(layer)
     with torch.inference_mode():
         out = layer(x, routing)
-    assert calls["epilogue"] == 1
+    assert calls["bias_silu_"] == 1
     torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=2e-5)
 
 
@@ -199,12 +186,12 @@ def test_kernel_is_skipped_where_it_does_not_apply(calls, monkeypatch):
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:  # an opaque op would hide the conv
         layer(x.contiguous(memory_format=torch.channels_last), routing)
     assert counter.get_total_flops() > 0
-    assert calls["n"] == 0
+    assert calls["depthwise"] == 0
     torch.testing.assert_close(off.double(), expected, atol=2e-5, rtol=2e-5)
     # autograd: the kernel has no backward, so a training step keeps the differentiable form
     xg = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     layer(xg, routing).sum().backward()
-    assert calls["n"] == 0 and xg.grad is not None
+    assert calls["depthwise"] == 0 and xg.grad is not None
 
 
 def test_expert_layout_follows_weight_updates(calls):
@@ -218,7 +205,7 @@ def test_expert_layout_follows_weight_updates(calls):
     with torch.inference_mode():
         out = layer(x, routing)
     torch.testing.assert_close(out.double(), _oracle(layer, x, routing), atol=2e-5, rtol=2e-5)
-    assert calls["n"] == 2
+    assert calls["depthwise"] == 2
 
 
 def test_op_rejects_bad_operands_with_a_message():

@@ -66,22 +66,10 @@ def test_fuse_moves_each_silu_after_a_conv_into_it():
 
 
 @needs_onednn
-def test_cpu_inference_form_takes_onednn_and_matches_the_unfused_model(monkeypatch):
+def test_cpu_inference_form_takes_onednn_and_matches_the_unfused_model(monkeypatch, count_calls):
     fused, unfused = _fused_and_unfused("tf_efficientnet_cc_b0_4e")
     fused = fused.to(memory_format=torch.channels_last)
-    calls = {"packed": 0, "grouped": 0}
-    real_conv, real_grouped = onednn.conv2d, onednn.grouped_conv2d
-
-    def conv(*a, **k):
-        calls["packed"] += 1
-        return real_conv(*a, **k)
-
-    def grouped(*a, **k):
-        calls["grouped"] += 1
-        return real_grouped(*a, **k)
-
-    monkeypatch.setattr(onednn, "conv2d", conv)
-    monkeypatch.setattr(onednn, "grouped_conv2d", grouped)
+    calls = count_calls(onednn, "conv2d", "grouped_conv2d")
     # the grouped form is the fallback where the C++ depthwise kernel is off or cannot be built (test_cpu_kernels)
     monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")
     g = torch.Generator().manual_seed(1)
@@ -93,7 +81,7 @@ def test_cpu_inference_form_takes_onednn_and_matches_the_unfused_model(monkeypat
             assert expected.std() > 0.1
             torch.testing.assert_close(fused(x.contiguous(memory_format=torch.channels_last)), expected,
                                        atol=1e-4, rtol=0)
-    assert calls["packed"] > 0 and calls["grouped"] > 0
+    assert calls["conv2d"] > 0 and calls["grouped_conv2d"] > 0
 
 
 @needs_onednn
