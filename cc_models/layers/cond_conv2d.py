@@ -102,9 +102,9 @@ class CondConv2d(nn.Module):
         elif self.inference and not self.pointwise and cpu_kernels.applies(self, x, routing_weights):
             return self._forward_cpu_kernel(x, routing_weights)
         weight = torch.matmul(routing_weights, self.weight)  # [B, P]: this sample's kernel
-        bias = torch.matmul(routing_weights, self.bias) if self.bias is not None else None
-        if self.static_bias is not None:
-            bias = self.static_bias.expand(x.shape[0], -1) if bias is None else bias + self.static_bias
+        bias = self._mixed_bias(routing_weights)
+        if bias is not None and bias.dim() == 1:
+            bias = bias.expand(x.shape[0], -1)
         if self.pointwise:
             if (self.inference and self.experts_in_out and self.epilogue_act == "silu"
                     and cpu_kernels.epilogue_applies(x, weight)):
@@ -146,12 +146,17 @@ class CondConv2d(nn.Module):
             out = torch.baddbmm(bias.unsqueeze(-1), weight, x)
         return out.view(b, self.out_channels, h, w)
 
+    def _mixed_bias(self, routing_weights: torch.Tensor) -> torch.Tensor | None:
+        """``static_bias`` [C] alone, or with the experts' own biases mixed per sample, [B, C]; None without either."""
+        if self.bias is None:
+            return self.static_bias
+        mixed = torch.matmul(routing_weights, self.bias)
+        return mixed if self.static_bias is None else mixed + self.static_bias
+
     def _forward_cpu_kernel(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
         """The depthwise CondConv through the C++ kernel (``cc_models.cpu_kernels``): each sample's kernel mixed in
         cache and convolved from the channels_last input, bias and SiLU in its epilogue."""
-        bias = self.static_bias
-        if self.bias is not None:  # the experts' own biases, mixed per sample: [B, C]
-            bias = torch.addmm(bias, routing_weights, self.bias) if bias is not None else routing_weights @ self.bias
+        bias = self._mixed_bias(routing_weights)
         padding = same_padding_for(x, self.kernel_size, self.stride, self.dilation) if self.dynamic_padding else None
         return cpu_kernels.depthwise(self, x, routing_weights, bias, padding)
 
