@@ -1,7 +1,7 @@
 """Shared pytest setup: the helper modules beside the tests import by plain name, whatever the import mode.
 
 Helpers: ``constants`` (model ids, anchors), ``bench_support``, ``docs_support``, ``model_oracle``, ``hub_server``;
-fixture ``count_calls`` (which code path ran).
+fixtures ``count_calls`` (which code path ran) and ``two_threads``.
 """
 from __future__ import annotations
 
@@ -44,3 +44,14 @@ def count_calls(monkeypatch):
         return counts
 
     return wrap
+
+
+@pytest.fixture
+def two_threads():
+    """torch on 2 threads for the test: the CPU kernels split batch 1 within a sample, larger batches by samples."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

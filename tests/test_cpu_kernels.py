@@ -27,14 +27,6 @@ def calls(count_calls):
     return count_calls(cpu_kernels, "depthwise", "bias_silu_")
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)  # batch 1 splits channels between threads, larger batches split samples
-    yield
-    torch.set_num_threads(before)
-
-
 def _layer(channels: int, kernel: int, stride: int, padding: str, experts: int, *, expert_bias: bool,
            static_bias: bool, silu: bool, seed: int) -> CondConv2d:
     torch.manual_seed(seed)
@@ -122,8 +114,9 @@ def test_silu_epilogue_keeps_extremes_and_nan():
     torch.testing.assert_close(out.double(), expected, atol=1e-6, rtol=2e-6, equal_nan=True)
 
 
-def test_whole_model_runs_the_kernel_and_matches_timm(calls):
+def test_whole_model_runs_the_kernel_and_matches_timm(calls, monkeypatch):
     timm = pytest.importorskip("timm")
+    monkeypatch.setattr(cpu_kernels, "_has_pointwise", lambda: False)  # the batched products (test_cpu_pointwise)
     from bench.calibrate import randomize_
 
     ours = randomize_(cc_models.from_index("tf_efficientnet_cc_b0_4e"), seed=0, size=(224, 224)).eval()
@@ -152,9 +145,10 @@ def test_bias_silu_epilogue_matches_add_then_silu(bias_shape):
     torch.testing.assert_close(out.double(), expected, atol=2e-6, rtol=2e-6)
 
 
-def test_pointwise_condconv_ends_in_the_epilogue(calls):
+def test_pointwise_condconv_ends_in_the_epilogue(calls, monkeypatch):
     from cc_models.fuse import _experts_in_out_
 
+    monkeypatch.setattr(cpu_kernels, "_has_pointwise", lambda: False)  # the batched product, not the C++ pointwise
     torch.manual_seed(6)
     layer = CondConv2d(24, 40, 1, 1, padding="same", num_experts=4).eval()
     layer.static_bias, layer.epilogue_act, layer.inference = torch.randn(40), "silu", True

@@ -1,5 +1,5 @@
 // CondConv on CPU for the inference form (cc_models/cpu_kernels.py builds and calls these): the depthwise
-// convolution, and the bias + SiLU epilogue of the pointwise ones.
+// convolution, the pointwise one (AVX-512 builds), and the bias + SiLU epilogue of the batched-product form.
 //
 // timm folds the batch into the channels and runs one grouped convolution of per-sample kernels materialised by
 // the routing; on CPU that copies a channels_last input to NCHW and runs oneDNN's grouped path, 2-2.6x the time of
@@ -230,6 +230,146 @@ at::Tensor depthwise(const at::Tensor& x, const at::Tensor& experts, const at::T
   return out;
 }
 
+#if defined(__AVX512F__)
+// The pointwise CondConv: out[b] = x[b] @ (g[b] * sum_e r[b, e] W_e), x[b] the sample's channels_last [M, K] pixels,
+// g[b] an optional per-input-channel scale (the SE gate before the projection: scaling the kernel's rows costs a
+// multiply per row where scaling the input is a pass over it). The batched-product form writes every sample's
+// mixed [K, N] kernel to memory and reads it back (B*K*N floats: 47 MB for B0's 1152->320 at batch 32); here a
+// sample's kernel is mixed 48 columns at a time into a panel that stays in L2, the packing step of a GEMM whose
+// micro-kernel keeps MR x 48 sums in registers (21-24 of the 32 AVX-512 registers; AVX2's 16 would spill them,
+// hence AVX-512 builds only) with bias and SiLU applied before the store.
+constexpr int64_t kPanelVectors = 3, kPanel = kPanelVectors * L;  // panel width: 48 output channels
+
+// MR output pixels x NV*16 channels of one sample: sums over all K in registers. a: MR pixel rows (stride K).
+template <int MR, int NV>
+__attribute__((always_inline)) inline void pw_block(const float* a, int64_t K, const float* p, const float* bias,
+                                                    float* out, int64_t N, bool silu) {
+  v16 acc[MR][NV];
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    const v16 bv = bias ? loadu(bias + v * L) : v16{};
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) acc[m][v] = bv;
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    v16 bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = loadu(p + k * kPanel + v * L);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) {
+      const float av = a[m * K + k];  // a scalar operand: a broadcast load folded into the FMAs
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[m][v] += av * bv[v];
+    }
+  }
+#pragma GCC unroll 8
+  for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) storeu(out + m * N + v * L, silu ? silu16(acc[m][v]) : acc[m][v]);
+}
+
+// All M pixels against one panel: blocks of 7 pixels where M is a multiple of 7 (B0/B1's 7x7 and 14x14 maps),
+// else of 8, then single pixels.
+template <int NV>
+void pw_panel(const float* a, int64_t M, int64_t K, const float* p, const float* bias, float* out, int64_t N,
+              bool silu) {
+  int64_t m = 0;
+  if (M % 7 == 0)
+    for (; m < M; m += 7) pw_block<7, NV>(a + m * K, K, p, bias, out + m * N, N, silu);
+  else
+    for (; m + 8 <= M; m += 8) pw_block<8, NV>(a + m * K, K, p, bias, out + m * N, N, silu);
+  for (; m < M; ++m) pw_block<1, NV>(a + m * K, K, p, bias, out + m * N, N, silu);
+}
+
+// panel[k, :nv*16] = gate[k] * sum_e r[e] * experts[k, e, :nv*16]; experts: one panel's [K, E, 48] slice, read as
+// one contiguous stream. E is a template argument for the model's 4 and 8 experts (routing in registers).
+template <int E>
+void mix_panel_e(const float* experts, const float* r, const float* gate, int64_t K, int64_t nv, float* panel) {
+  v16 rv[E];
+#pragma GCC unroll 8
+  for (int e = 0; e < E; ++e) rv[e] = v16{} + r[e];
+  for (int64_t k = 0; k < K; ++k) {
+    const float* w = experts + k * E * kPanel;
+    for (int64_t c = 0; c < nv * L; c += L) {
+      v16 s = rv[0] * loadu(w + c);
+#pragma GCC unroll 8
+      for (int e = 1; e < E; ++e) s += rv[e] * loadu(w + e * kPanel + c);
+      storeu(panel + k * kPanel + c, gate ? s * gate[k] : s);
+    }
+  }
+}
+
+void mix_panel(const float* experts, const float* r, const float* gate, int64_t E, int64_t K, int64_t nv,
+               float* panel) {
+  switch (E) {
+    case 4: return mix_panel_e<4>(experts, r, gate, K, nv, panel);
+    case 8: return mix_panel_e<8>(experts, r, gate, K, nv, panel);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const float* w = experts + k * E * kPanel;
+    for (int64_t c = 0; c < nv * L; c += L) {
+      v16 s = r[0] * loadu(w + c);
+      for (int64_t e = 1; e < E; ++e) s += r[e] * loadu(w + e * kPanel + c);
+      storeu(panel + k * kPanel + c, gate ? s * gate[k] : s);
+    }
+  }
+}
+
+// x: [B, K, H, W] channels_last; experts: [panels, K, E, 48] (cpu_kernels.experts_panels: each expert's [K, N]
+// kernel cut into 48-column panels, zero-padded); routing [B, E]; bias [N], [B, N] or none; gate [B, K] or none.
+// Output [B, N, H, W] channels_last. N must be a multiple of 16.
+at::Tensor pointwise(const at::Tensor& x, const at::Tensor& experts, const at::Tensor& routing,
+                     const c10::optional<at::Tensor>& bias_opt, const c10::optional<at::Tensor>& gate_opt, int64_t N,
+                     bool silu) {
+  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "pointwise: x must be a float32 channels_last [B, K, H, W] tensor");
+  const int64_t B = x.size(0), K = x.size(1), M = x.size(2) * x.size(3);
+  const int64_t nvec = N / L, panels = (nvec + kPanelVectors - 1) / kPanelVectors;
+  TORCH_CHECK(N > 0 && N % L == 0, "pointwise: the output channels (", N, ") must be a positive multiple of 16");
+  TORCH_CHECK(experts.dim() == 4 && experts.scalar_type() == at::kFloat && experts.is_contiguous() &&
+              experts.size(0) == panels && experts.size(1) == K && experts.size(3) == kPanel,
+              "pointwise: experts must be a contiguous float32 [", panels, ", ", K, ", E, ", kPanel, "] tensor");
+  const int64_t E = experts.size(2);
+  const at::Tensor r = routing.contiguous();
+  TORCH_CHECK(r.dim() == 2 && r.scalar_type() == at::kFloat && r.size(0) == B && r.size(1) == E,
+              "pointwise: routing must be a float32 [B, E] tensor");
+  const at::Tensor bias = checked_bias(bias_opt, B, N, "pointwise");
+  at::Tensor gate;
+  if (gate_opt.has_value() && gate_opt->defined()) {
+    gate = gate_opt->contiguous();
+    TORCH_CHECK(gate.scalar_type() == at::kFloat && gate.dim() == 2 && gate.size(0) == B && gate.size(1) == K,
+                "pointwise: gate must be a float32 [", B, ", ", K, "] tensor");
+  }
+  const bool bias_per_sample = bias.defined() && bias.dim() == 2;
+  at::Tensor out = at::empty({B, N, x.size(2), x.size(3)}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (M == 0 || B == 0) return out;
+  const float* xp = x.data_ptr<float>();
+  const float* ep = experts.data_ptr<float>();
+  const float* rp = r.data_ptr<float>();
+  const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+  const float* gp = gate.defined() ? gate.data_ptr<float>() : nullptr;
+  float* op = out.data_ptr<float>();
+  // Work items (panel, sample), panel-major: a thread's run keeps one panel's expert slice (K*E*48 floats) in L2
+  // while it mixes that panel for sample after sample.
+  at::parallel_for(0, panels * B, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> panel(K * kPanel);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t j = i / B, b = i % B, n0 = j * kPanel, nv = std::min(kPanelVectors, nvec - j * kPanelVectors);
+      mix_panel(ep + j * K * E * kPanel, rp + b * E, gp ? gp + b * K : nullptr, E, K, nv, panel.data());
+      const float* bb = bp ? (bias_per_sample ? bp + b * N : bp) + n0 : nullptr;
+      const float* a = xp + b * M * K;
+      float* o = op + b * M * N + n0;
+      switch (nv) {
+        case 3: pw_panel<3>(a, M, K, panel.data(), bb, o, N, silu); break;
+        case 2: pw_panel<2>(a, M, K, panel.data(), bb, o, N, silu); break;
+        default: pw_panel<1>(a, M, K, panel.data(), bb, o, N, silu); break;
+      }
+    }
+  });
+  return out;
+}
+#endif
+
 // The pointwise CondConvs' epilogue: out[b, m, :] = silu(out[b, m, :] + bias) in place, in one pass over the
 // batched product's output (out [B, M, N] contiguous; bias [N], [B, N] or none). It replaces baddbmm's copy of the
 // bias into the output and a SiLU pass of its own: 1.01-1.03x the whole model at batch 32 (b0/b1, A/B in one process).
@@ -263,8 +403,12 @@ TORCH_LIBRARY(cc_condconv, m) {
   m.def("depthwise(Tensor x, Tensor experts, Tensor routing, Tensor? bias, int kh, int kw, int stride, int pad_t, "
         "int pad_l, int Ho, int Wo, bool silu) -> Tensor");
   m.def("bias_silu_(Tensor(a!) out, Tensor? bias) -> Tensor(a!)");
+  m.def("pointwise(Tensor x, Tensor experts, Tensor routing, Tensor? bias, Tensor? gate, int N, bool silu) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(cc_condconv, CPU, m) {
   m.impl("depthwise", depthwise);
   m.impl("bias_silu_", bias_silu_);
+#if defined(__AVX512F__)  // elsewhere the op has no CPU kernel: cpu_kernels.pointwise_available() says False
+  m.impl("pointwise", pointwise);
+#endif
 }

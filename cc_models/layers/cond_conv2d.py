@@ -7,7 +7,10 @@ so timm checkpoints load unchanged. The routing weights are computed once per
 block and passed in, because the block's three CondConvs share them.
 
 Compute, chosen by measurement on CPU (``bench/layer_timing.py``):
-* 1x1, stride 1, ungrouped: mix the kernels per sample, then one batched matmul
+* 1x1, stride 1, ungrouped, in a fused model on an AVX-512 CPU (4 experts, or 8 at batch 1-2): the C++ GEMM of
+  ``cc_models.cpu_kernels.pointwise``, each sample's kernel mixed panel by panel in cache as the GEMM's packing step,
+  with an optional per-sample input-channel ``gate`` (the SE gate before a projection) folded into the kernel's rows.
+* 1x1, stride 1, ungrouped, otherwise: mix the kernels per sample, then one batched matmul
   ``[B, Cout, Cin] @ [B, Cin, H*W]``: 0.24-0.74x the time of timm's batch-grouped
   convolution at batch 32 and 0.38-0.94x at batch 1 (2 threads, B0 shapes). On a channels_last
   input the same product runs as ``[B, H*W, Cin] @ [B, Cin, Cout]``, so the output stays channels_last.
@@ -93,8 +96,13 @@ class CondConv2d(nn.Module):
             bound = 1 / math.sqrt(math.prod(self.weight_shape[1:]))
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
-        """``x``: [B, C, H, W]; ``routing_weights``: [B, num_experts]."""
+    def forward(self, x: torch.Tensor, routing_weights: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: [B, C, H, W]; ``routing_weights``: [B, num_experts]; ``gate``: [B, C] or None, a per-sample scale
+        of the input channels (the SE gate before a projection), folded into the kernel where the CPU kernel runs."""
+        if self.inference and self.pointwise and cpu_kernels.pointwise_applies(self, x, routing_weights):
+            return cpu_kernels.pointwise(self, x, routing_weights, self._mixed_bias(routing_weights), gate)
+        if gate is not None:
+            x = x * gate[:, :, None, None]
         if x.is_cuda:  # Triton kernels mixing the experts inside the convolution; None where they don't apply
             out = kernels.cuda_forward(self, x, routing_weights)
             if out is not None:

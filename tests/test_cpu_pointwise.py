@@ -1,0 +1,181 @@
+"""The C++ pointwise CondConv kernel of the CPU inference form (cc_models.cpu_kernels.pointwise), and the SE gate
+folded into it.
+
+Oracle: F.conv2d in float64 on each sample, its input scaled by its gate, with its own mixed kernel; timm's model
+for the whole network."""
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cc_models
+from cc_models import cpu_kernels
+from cc_models.fuse import _experts_in_out_
+from cc_models.layers import CondConv2d
+
+pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler to build the kernel")
+needs_kernel = pytest.mark.skipif(
+    not (shutil.which("c++") and cpu_kernels.available() and cpu_kernels._has_pointwise()),
+    reason="the pointwise kernel is built for AVX-512 CPUs only")
+
+
+@pytest.fixture
+def calls(count_calls):
+    return count_calls(cpu_kernels, "pointwise", "bias_silu_")
+
+
+def _layer(cin: int, cout: int, experts: int, *, expert_bias: bool = False, static_bias: bool = True,
+           silu: bool = True, seed: int = 0) -> CondConv2d:
+    torch.manual_seed(seed)
+    layer = CondConv2d(cin, cout, 1, 1, padding="same", bias=expert_bias, num_experts=experts).eval()
+    if static_bias:
+        layer.static_bias = torch.randn(cout)
+    layer.epilogue_act = "silu" if silu else None
+    layer.inference = True
+    _experts_in_out_(layer)
+    return layer
+
+
+def _oracle(layer: CondConv2d, x: torch.Tensor, routing: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    """Each sample, its input scaled by its gate, convolved with its own mixed kernel, in float64."""
+    e, cin, cout = layer.num_experts, layer.in_channels, layer.out_channels
+    experts = layer.weight.detach().double().view(e, cin, cout).transpose(1, 2)  # back to [E, Cout, Cin]
+    x, routing = x.double(), routing.double()
+    if gate is not None:
+        x = x * gate.double()[:, :, None, None]
+    outs = []
+    for b in range(x.shape[0]):
+        kernel = torch.einsum("e,eoi->oi", routing[b], experts).view(cout, cin, 1, 1)
+        bias = layer._mixed_bias(routing[b:b + 1].float())
+        bias = None if bias is None else bias.reshape(-1).double()
+        outs.append(F.conv2d(x[b:b + 1], kernel, bias))
+    out = torch.cat(outs)
+    return F.silu(out) if layer.epilogue_act == "silu" else out
+
+
+# (Cin, Cout, H, W): Cout 16/32/48 (one panel of 1, 2, 3 vectors), 112 and 320 (whole panels and a short last one);
+# H*W a multiple of 7 (blocks of 7 pixels), 64 and 25 (blocks of 8 and single pixels), 1 (a single pixel).
+CASES = [(24, 16, 7, 7), (40, 32, 5, 5), (19, 48, 14, 14), (96, 112, 8, 8), (160, 320, 1, 1), (33, 64, 3, 5)]
+
+
+@needs_kernel
+@pytest.mark.parametrize("cin,cout,h,w", CASES)
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("experts", [4, 3])
+def test_kernel_matches_per_sample_convolution(cin, cout, h, w, batch, experts, calls, two_threads):
+    layer = _layer(cin, cout, experts, expert_bias=True, seed=cin + cout)
+    x = torch.randn(batch, cin, h, w).contiguous(memory_format=torch.channels_last)
+    routing, gate = torch.rand(batch, experts), torch.rand(batch, cin)
+    with torch.inference_mode():
+        out = layer(x, routing, gate)
+    assert calls["pointwise"] == 1
+    assert out.is_contiguous(memory_format=torch.channels_last) and out.shape == (batch, cout, h, w)
+    torch.testing.assert_close(out.double(), _oracle(layer, x, routing, gate), atol=2e-5, rtol=2e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("silu", [True, False])
+@pytest.mark.parametrize("bias", ["none", "static", "experts"])
+@pytest.mark.parametrize("with_gate", [True, False])
+def test_kernel_bias_gate_and_activation(silu, bias, with_gate, calls):
+    layer = _layer(56, 48, 8, expert_bias=bias == "experts", static_bias=bias == "static", silu=silu, seed=3)
+    x = torch.randn(2, 56, 7, 7).contiguous(memory_format=torch.channels_last)
+    routing = torch.rand(2, 8)
+    gate = torch.rand(2, 56) if with_gate else None
+    with torch.inference_mode():
+        out = layer(x, routing, gate)
+    assert calls["pointwise"] == 1
+    torch.testing.assert_close(out.double(), _oracle(layer, x, routing, gate), atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("case", ["channels not a multiple of 16", "8 experts at batch 8", "NCHW input",
+                                  "no kernel on this CPU"])
+def test_other_layers_keep_the_batched_product_and_the_gate(case, calls, monkeypatch):
+    cout, experts, batch = (40, 4, 2) if case == "channels not a multiple of 16" else (32, 8 if "8" in case else 4, 8)
+    layer = _layer(24, cout, experts, seed=9)
+    x = torch.randn(batch, 24, 5, 5)
+    if case != "NCHW input":
+        x = x.contiguous(memory_format=torch.channels_last)
+    if case == "no kernel on this CPU":
+        monkeypatch.setattr(cpu_kernels, "_has_pointwise", lambda: False)
+    routing, gate = torch.rand(batch, experts), torch.rand(batch, 24)
+    with torch.inference_mode():
+        out = layer(x, routing, gate)
+    assert calls["pointwise"] == 0
+    torch.testing.assert_close(out.double(), _oracle(layer, x, routing, gate), atol=2e-5, rtol=2e-5)
+
+
+@needs_kernel
+def test_kernel_steps_aside_for_autograd_and_flop_counters(calls):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer = _layer(24, 32, 4, seed=11)
+    x = torch.randn(2, 24, 5, 5).contiguous(memory_format=torch.channels_last)
+    routing = torch.rand(2, 4)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:  # an opaque op would hide the matmul
+        layer(x, routing)
+    assert counter.get_total_flops() > 0
+    xg = x.clone().requires_grad_()
+    layer(xg, routing).sum().backward()
+    assert calls["pointwise"] == 0 and xg.grad is not None
+
+
+@needs_kernel
+def test_expert_panels_follow_weight_updates(calls):
+    layer = _layer(24, 32, 4, seed=12)
+    x = torch.randn(2, 24, 7, 7).contiguous(memory_format=torch.channels_last)
+    routing = torch.rand(2, 4)
+    with torch.inference_mode():
+        layer(x, routing)
+    with torch.no_grad():
+        layer.weight.mul_(-2.0)  # in place: the cached [panels, Cin, E, 48] copy must be rebuilt
+    with torch.inference_mode():
+        out = layer(x, routing)
+    assert calls["pointwise"] == 2
+    torch.testing.assert_close(out.double(), _oracle(layer, x, routing, None), atol=2e-5, rtol=2e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("variant", ["tf_efficientnet_cc_b0_4e", "tf_efficientnet_cc_b0_8e"])
+def test_whole_model_folds_the_se_gate_and_matches_timm(variant, calls, count_calls):
+    timm = pytest.importorskip("timm")
+    from bench.calibrate import randomize_
+    from cc_models.layers import SqueezeExcite
+
+    ours = randomize_(cc_models.from_index(variant), seed=0, size=(224, 224)).eval()
+    theirs = timm.create_model(variant).eval()
+    theirs.load_state_dict(ours.state_dict())
+    fused = copy.deepcopy(ours).fuse().to(memory_format=torch.channels_last)
+    pointwise = [m for m in fused.modules() if isinstance(m, CondConv2d) and m.pointwise]
+    se_calls = count_calls(SqueezeExcite, "forward")
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        expected = theirs(x)
+        out = fused(x.contiguous(memory_format=torch.channels_last))
+    assert calls["pointwise"] == len(pointwise) > 0 and calls["bias_silu_"] == 0
+    blocks = sum(1 for m in fused.modules() if isinstance(m, SqueezeExcite))
+    assert se_calls["forward"] == blocks - len(pointwise) // 2  # the CondConv blocks' gates went into the kernel
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+@needs_kernel
+def test_op_rejects_bad_operands_with_a_message():
+    op = torch.ops.cc_condconv.pointwise
+    x = torch.randn(2, 24, 5, 5).contiguous(memory_format=torch.channels_last)
+    experts, routing = torch.randn(1, 24, 4, 48), torch.rand(2, 4)
+    with pytest.raises(RuntimeError, match="channels_last"):
+        op(x.contiguous(), experts, routing, None, None, 32, False)
+    with pytest.raises(RuntimeError, match="multiple of 16"):
+        op(x, experts, routing, None, None, 40, False)
+    with pytest.raises(RuntimeError, match="experts must be"):
+        op(x, torch.randn(1, 23, 4, 48), routing, None, None, 32, False)
+    with pytest.raises(RuntimeError, match="routing must be"):
+        op(x, experts, torch.rand(2, 3), None, None, 32, False)
+    with pytest.raises(RuntimeError, match="bias must be"):
+        op(x, experts, routing, torch.randn(31), None, 32, False)
+    with pytest.raises(RuntimeError, match="gate must be"):
+        op(x, experts, routing, None, torch.rand(2, 23), 32, False)
