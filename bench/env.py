@@ -48,7 +48,9 @@ class Environment:
 
 
 def git_commit(project_dir: Path = PROJECT_DIR) -> str:
-    """``git rev-parse HEAD`` of the project checkout this code runs from, or ``"unknown"``.
+    """``git rev-parse HEAD`` of the project checkout this code runs from, or ``"unknown"``; with ``-dirty``
+    appended (as ``git describe --dirty`` does) when tracked files outside ``results/`` and ``docs/`` (which
+    publishing rewrites) differ from that commit: the figures then come from code no commit holds.
 
     Only when ``project_dir`` is the top of a git work tree: an installed copy inside
     some other repository must not report that repository's commit.
@@ -63,7 +65,15 @@ def git_commit(project_dir: Path = PROJECT_DIR) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     commit = head.stdout.strip()
-    return commit if head.returncode == 0 and commit else "unknown"
+    if head.returncode != 0 or not commit:
+        return "unknown"
+    try:
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                 ":(exclude)results", ":(exclude)docs"], cwd=project_dir, capture_output=True,
+                                text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return commit
+    return f"{commit}-dirty" if status.returncode == 0 and status.stdout.strip() else commit
 
 
 # ISA extensions that change which kernels torch and oneDNN pick (x86 "flags", Arm "Features").

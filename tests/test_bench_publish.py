@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -280,3 +282,28 @@ def test_a_table_from_before_fingerprints_reads_with_them_empty(tmp_path):
     (measured,) = read_results(tmp_path).rows
     assert (measured.fingerprint, measured.allocator, measured.batch_size) == ("", "", 1)
     assert "allocator not recorded" in measured.conditions and "fingerprint not recorded" in measured.conditions
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="no git")
+def test_a_run_from_uncommitted_code_says_so(tmp_path):
+    from bench import env
+    from registry.docs.render import short_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "cc_models").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "cc_models" / "layer.py").write_text("x = 1\n")
+    (tmp_path / "results" / "results.csv").write_text("run_id\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    clean = env.git_commit(tmp_path)
+    assert len(clean) == 40 and not clean.endswith("-dirty")
+    (tmp_path / "results" / "results.csv").write_text("run_id\nnew\n")  # publishing rewrites results/: still clean
+    assert env.git_commit(tmp_path) == clean
+    (tmp_path / "cc_models" / "layer.py").write_text("x = 2\n")
+    assert env.git_commit(tmp_path) == f"{clean}-dirty"
+    assert short_commit(f"{clean}-dirty") == f"{clean[:12]}-dirty" and short_commit(clean) == clean[:12]
+    assert env.git_commit(tmp_path / "cc_models") == "unknown"  # not the top of the work tree

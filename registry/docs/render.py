@@ -96,6 +96,12 @@ def verified_summary(summary: ModelSummary) -> Markup:
     return Markup("<br>".join(parts))
 
 
+def short_commit(commit: str | None) -> str:
+    """12 hex digits of a run's commit, keeping a ``-dirty`` mark (code no commit holds) visible."""
+    commit = commit or "unknown"
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
 def template_env(templates_dir: Path | None = None) -> jinja2.Environment:
     """The trusted templates' environment: markdown-escaping autoescape, strict undefined variables."""
     env = jinja2.Environment(
@@ -110,7 +116,7 @@ def template_env(templates_dir: Path | None = None) -> jinja2.Environment:
     env.filters.update(
         num=_num, percent=fmt_percent, giga=fmt_giga, bytes=fmt_bytes, code=inline_code, pre=pre_block,
         link=safe_link, url=safe_url, math=math_markup, pystr=python_string, weights_links=weights_links,
-        verified_summary=verified_summary,
+        verified_summary=verified_summary, short_commit=short_commit,
     )
     return env
 
