@@ -36,7 +36,6 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 SOURCE = Path(__file__).parent / "csrc" / "condconv_cpu.cpp"
@@ -200,8 +199,13 @@ def _experts_panels(layer: nn.Module) -> torch.Tensor:
     panels = -(-n // PANEL)
 
     def build(w: torch.Tensor) -> torch.Tensor:
-        w = F.pad(w.view(e, k, n), (0, panels * PANEL - n))
-        return w.view(e, k, panels, PANEL).permute(2, 1, 0, 3).contiguous()
+        # copied straight into place: one copy of the experts alive at a time, not a padded one besides
+        w, whole = w.view(e, k, n), n // PANEL
+        out = w.new_zeros(panels, k, e, PANEL)
+        out[:whole].copy_(w[:, :, :whole * PANEL].reshape(e, k, whole, PANEL).permute(2, 1, 0, 3))
+        if whole < panels:
+            out[whole, :, :, :n - whole * PANEL].copy_(w[:, :, whole * PANEL:].permute(1, 0, 2))
+        return out
 
     return _experts_layout(layer, "panels", build)
 
