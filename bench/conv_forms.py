@@ -10,7 +10,9 @@ oneDNN's fused convolution with packed weights and the SiLU as a post-op. For
 B0's depthwise CondConvs (experts folded, SiLU after): the layer's PyTorch form
 (the batch folded into the channels, one oneDNN grouped convolution) against the
 C++ kernel, and the same layer with one shared kernel (what the plain model runs:
-the floor CondConv is measured against).
+the floor CondConv is measured against). For its pointwise CondConvs (experts folded and stored [Cin, Cout], SiLU
+after the expansions): the batched product of the mixed kernels against the C++ GEMM that mixes each sample's
+kernel as its packing step (AVX-512 builds), and one shared kernel through oneDNN.
 Each row times its forms interleaved in one process after ``tune_cpu`` (fp32,
 channels_last, inference mode) and prints milliseconds and the ratio to the first form.
 """
@@ -104,11 +106,52 @@ def condconv_dw_forms(bs: int, channels: int, k: int, stride: int, hw: int) -> d
             "one shared kernel": lambda: plain(x)}
 
 
+# (name, in, out, H=W, SiLU after): tf_efficientnet_cc_b0's pointwise CondConvs
+POINTWISE_CONDCONV = [
+    ("pw 80->480 @14", 80, 480, 14, True),
+    ("pw 672->112 @14", 672, 112, 14, False),
+    ("pw 192->1152 @7", 192, 1152, 7, True),
+    ("pw 1152->320 @7", 1152, 320, 7, False),
+]
+
+
+def condconv_pw_forms(bs: int, cin: int, cout: int, hw: int, silu: bool, experts: int) -> dict[str, Callable]:
+    from cc_models import cpu_kernels, onednn
+    from cc_models.fuse import _experts_in_out_
+    from cc_models.layers import CondConv2d
+
+    torch.manual_seed(0)
+    cond = CondConv2d(cin, cout, 1, 1, padding="same", num_experts=experts).eval()
+    cond.static_bias, cond.epilogue_act, cond.inference = torch.randn(cout), "silu" if silu else None, True
+    _experts_in_out_(cond)
+    x = torch.randn(bs, cin, hw, hw).contiguous(memory_format=torch.channels_last)
+    routing = torch.rand(bs, experts)
+    w, b = torch.randn(cout, cin, 1, 1), torch.randn(cout)
+    packed = (torch.ops.mkldnn._reorder_convolution_weight(w, [0, 0], [1, 1], [1, 1], 1, list(x.shape))
+              if onednn.available() else None)
+    bias = cond._mixed_bias(routing)
+
+    def batched_product():
+        weight = torch.matmul(routing, cond.weight)
+        if silu:
+            return cond._forward_bmm_silu(x, weight, bias)
+        return cond._forward_bmm(x, weight, bias.expand(bs, -1))
+
+    forms = {"batched product": batched_product}
+    if cpu_kernels._has_pointwise():
+        forms["C++ GEMM"] = lambda: cpu_kernels.pointwise(cond, x, routing, bias)
+    if packed is not None:
+        forms["one shared kernel"] = lambda: torch.ops.mkldnn._convolution_pointwise(
+            x, packed, b, [0, 0], [1, 1], [1, 1], 1, "swish" if silu else "none", [], "")
+    return forms
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.conv_forms", description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     p.add_argument("--repeats", type=int, default=21)
+    p.add_argument("--experts", type=int, nargs="+", default=[4, 8], help="expert counts for the pointwise CondConvs")
     args = p.parse_args(argv)
     from cc_models import onednn
     from cc_models.runtime import tune_cpu
@@ -140,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
                 base = next(iter(ms.values()))
                 cells = "; ".join(f"{form} {t:.3f} ({base / t:.2f}x)" for form, t in ms.items())
                 print(f"depthwise CondConv + SiLU bs={bs} {name}: {cells}", flush=True)
+        for experts in args.experts:
+            for bs in args.batches:
+                for name, cin, cout, hw, silu in POINTWISE_CONDCONV:
+                    ms = interleaved(condconv_pw_forms(bs, cin, cout, hw, silu, experts), args.repeats)
+                    base = next(iter(ms.values()))
+                    cells = "; ".join(f"{form} {t:.3f} ({base / t:.2f}x)" for form, t in ms.items())
+                    print(f"pointwise CondConv, {experts} experts, bs={bs} {name}: {cells}", flush=True)
     return 0
 
 

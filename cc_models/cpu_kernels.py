@@ -192,19 +192,30 @@ def _experts_taps_outer(layer: nn.Module) -> torch.Tensor:
 PANEL = 48  # output channels per panel of the pointwise kernel (csrc: kPanel)
 
 
+def panel_spans(channels: int) -> list[tuple[int, int]]:
+    """(first channel, width) of each panel of ``channels`` output channels (a multiple of 16): 48 wide, except
+    that a lone last 16 (48, 48, 16) becomes two panels of 32 (48, 32, 32). The C++ kernel's panel_span."""
+    vectors = channels // 16
+    spans = [(v * 16, min(3, vectors - v) * 16) for v in range(0, vectors, 3)]
+    if vectors % 3 == 1 and len(spans) >= 2:
+        start = spans[-2][0]
+        spans[-2:] = [(start, 32), (start + 32, 32)]
+    return spans
+
+
 def _experts_panels(layer: nn.Module) -> torch.Tensor:
-    """The pointwise experts (``experts_in_out``: each [Cin, Cout]) as [panels, Cin, E, 48], Cout zero-padded to
-    whole panels: one panel's slice of every expert is one contiguous stream for the kernel's mix."""
+    """The pointwise experts (``experts_in_out``: each [Cin, Cout]) as [panels, Cin, E, 48], cut by
+    :func:`panel_spans` and zero-padded to 48 columns: one panel's slice of every expert is one contiguous stream
+    for the kernel's mix."""
     e, k, n = layer.num_experts, layer.in_channels, layer.out_channels
-    panels = -(-n // PANEL)
+    spans = panel_spans(n)
 
     def build(w: torch.Tensor) -> torch.Tensor:
         # copied straight into place: one copy of the experts alive at a time, not a padded one besides
-        w, whole = w.view(e, k, n), n // PANEL
-        out = w.new_zeros(panels, k, e, PANEL)
-        out[:whole].copy_(w[:, :, :whole * PANEL].reshape(e, k, whole, PANEL).permute(2, 1, 0, 3))
-        if whole < panels:
-            out[whole, :, :, :n - whole * PANEL].copy_(w[:, :, whole * PANEL:].permute(1, 0, 2))
+        w = w.view(e, k, n)
+        out = w.new_zeros(len(spans), k, e, PANEL)
+        for j, (start, width) in enumerate(spans):
+            out[j, :, :, :width].copy_(w[:, :, start:start + width].permute(1, 0, 2))
         return out
 
     return _experts_layout(layer, "panels", build)
