@@ -161,8 +161,12 @@ def test_conv_forms_benchmark_times_each_form(capsys):
         torch.set_num_threads(threads)
     rows = [line for line in capsys.readouterr().out.splitlines() if "bs=1" in line]
     expected = len(conv_forms.STRIDE_2) + (len(conv_forms.CONV_SILU) if onednn.available() else 0)
-    two_forms = [line for line in rows if "depthwise CondConv" not in line]
+    two_forms = [line for line in rows if "CondConv" not in line]
     assert len(two_forms) == expected and all(line.count("x)") == 2 for line in two_forms)
     three_forms = [line for line in rows if "depthwise CondConv" in line]  # PyTorch form, C++ kernel, shared kernel
     assert len(three_forms) == (len(conv_forms.DEPTHWISE_CONDCONV) if cpu_kernels.available() else 0)
     assert all(line.count("x)") == 3 for line in three_forms)
+    pointwise = [line for line in rows if "pointwise CondConv" in line]  # batched product, C++ GEMM, shared kernel
+    assert len(pointwise) == (len(conv_forms.POINTWISE_CONDCONV) * 2 if cpu_kernels.available() else 0)
+    forms = 1 + (cpu_kernels.available() and cpu_kernels._has_pointwise()) + onednn.available()
+    assert all(line.count("x)") == forms for line in pointwise)
