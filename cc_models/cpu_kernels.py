@@ -147,8 +147,8 @@ def pointwise_applies(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor) 
 
     The kernel mixes each sample's kernel from the experts in L2, E loads per weight per sample; the batched-product
     form mixes the whole batch in one matrix product. Measured over B0's eight pointwise CondConv shapes together
-    (2 threads, AVX-512; ``python -m bench.conv_forms`` times four of them): the kernel took 1/1.06-1/1.33 of the
-    batched product's time with 4 experts at batch 1-32 and with 8 experts at batch 1-2, and 1/0.87-1/0.92 with 8
+    (2 threads, AVX-512; ``python -m bench.conv_forms`` times four of them): the kernel ran 1.06-1.33x as fast as the
+    batched product with 4 experts at batch 1-32 and with 8 experts at batch 1-2, and 0.87-0.92x as fast with 8
     experts at batch 8-32, where it is not used."""
     return (layer.pointwise and layer.inference and layer.experts_in_out and layer.out_channels % 16 == 0
             and (layer.num_experts <= 4 or x.shape[0] <= 2)
