@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import cpu_kernels
 from .layers import BatchNormAct2d, CondConv2d, DropPath, SqueezeExcite, create_conv2d, make_divisible
 
 NormLayer = Callable[..., BatchNormAct2d]  # (channels, apply_act=True) -> BatchNormAct2d
@@ -117,10 +116,10 @@ class CondConvResidual(InvertedResidual):
         routing = self.routing(x)
         x = self.bn1(self.conv_pw(x, routing))
         x = self.bn2(self.conv_dw(x, routing))
-        if (self.inference and isinstance(self.se, SqueezeExcite) and isinstance(self.conv_pwl, CondConv2d)
-                and cpu_kernels.pointwise_applies(self.conv_pwl, x, routing)):
-            # The SE gate scales the projection's input channels: folded into each sample's kernel, which the
-            # kernel mixes anyway, instead of a pass over the activations.
+        if (self.inference and not torch.jit.is_tracing() and isinstance(self.se, SqueezeExcite)
+                and isinstance(self.conv_pwl, CondConv2d)):
+            # The SE gate scales the projection's input channels: the projection folds it into each sample's
+            # kernel where its CPU kernel runs (instead of a pass over the activations), else multiplies it in.
             x = self.bn3(self.conv_pwl(x, routing, self.se.inference_gate(x)))
         else:
             x = self.se(x)
