@@ -135,9 +135,14 @@ def applies(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor) -> bool:
             and _may_run(x, layer.weight, routing))
 
 
-@functools.lru_cache(maxsize=1)
 def _has_pointwise() -> bool:
-    # registered for AVX-512 builds only (its micro-kernel needs 32 vector registers)
+    """Whether the built library has the pointwise kernel: AVX-512 builds only (its micro-kernel needs 32 vector
+    registers). Asked only once the library is loaded, so an early call cannot cache a False."""
+    return _load() and _pointwise_registered()
+
+
+@functools.lru_cache(maxsize=1)
+def _pointwise_registered() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("cc_condconv::pointwise", "CPU")
 
 
