@@ -361,23 +361,35 @@ at::Tensor pointwise(const at::Tensor& x, const at::Tensor& experts, const at::T
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
   const float* gp = gate.defined() ? gate.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
-  // Work items (panel, sample), panel-major: a thread's run keeps one panel's expert slice (K*E*48 floats) in L2
-  // while it mixes that panel for sample after sample.
-  at::parallel_for(0, panels * B, 1, [&](int64_t i0, int64_t i1) {
+  // Work items (panel, sample, pixel part), panel-major: a thread's run keeps one panel's expert slice (K*E*48
+  // floats) in L2 while it mixes that panel for sample after sample. Where (panel, sample) pairs are few for the
+  // threads (batch 1), the pixels are split too, in parts of whole 7- or 8-pixel blocks; a part mixes its panel
+  // unless the same thread mixed it for the part before.
+  const int64_t pairs = panels * B, threads = at::get_num_threads(), block = M % 7 == 0 ? 7 : 8;
+  const int64_t parts = pairs >= 4 * threads ? 1 : std::max<int64_t>(1, std::min((4 * threads + pairs - 1) / pairs,
+                                                                                  M / block));
+  const int64_t part_len = (M / block + parts - 1) / parts * block;
+  at::parallel_for(0, pairs * parts, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> panel(K * kPanel);
+    int64_t mixed = -1;  // the (panel, sample) pair in the buffer
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t j = i / B, b = i % B;
+      const int64_t pair = i / parts, j = pair / B, b = pair % B, m0 = (i % parts) * part_len;
+      const int64_t m1 = (i % parts == parts - 1) ? M : std::min(M, m0 + part_len);
+      if (m0 >= m1) continue;
       int64_t v0, nv;
       panel_span(nvec, panels, j, v0, nv);
       const int64_t n0 = v0 * L;
-      mix_panel(ep + j * K * E * kPanel, rp + b * E, gp ? gp + b * K : nullptr, E, K, nv, panel.data());
+      if (pair != mixed) {
+        mix_panel(ep + j * K * E * kPanel, rp + b * E, gp ? gp + b * K : nullptr, E, K, nv, panel.data());
+        mixed = pair;
+      }
       const float* bb = bp ? (bias_per_sample ? bp + b * N : bp) + n0 : nullptr;
-      const float* a = xp + b * M * K;
-      float* o = op + b * M * N + n0;
+      const float* a = xp + (b * M + m0) * K;
+      float* o = op + (b * M + m0) * N + n0;
       switch (nv) {
-        case 3: pw_panel<3>(a, M, K, panel.data(), bb, o, N, silu); break;
-        case 2: pw_panel<2>(a, M, K, panel.data(), bb, o, N, silu); break;
-        default: pw_panel<1>(a, M, K, panel.data(), bb, o, N, silu); break;
+        case 3: pw_panel<3>(a, m1 - m0, K, panel.data(), bb, o, N, silu); break;
+        case 2: pw_panel<2>(a, m1 - m0, K, panel.data(), bb, o, N, silu); break;
+        default: pw_panel<1>(a, m1 - m0, K, panel.data(), bb, o, N, silu); break;
       }
     }
   });
