@@ -146,6 +146,14 @@ def condconv_pw_forms(bs: int, cin: int, cout: int, hw: int, silu: bool, experts
     return forms
 
 
+def print_row(title: str, forms: dict[str, Callable], repeats: int) -> None:
+    """Times ``forms`` interleaved and prints one row: each form's milliseconds and its ratio to the first."""
+    ms = interleaved(forms, repeats)
+    base = next(iter(ms.values()))
+    cells = "; ".join(f"{form} {t:.3f} ({base / t:.2f}x)" for form, t in ms.items())
+    print(f"{title}: {cells}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.conv_forms", description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
@@ -168,10 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, cin, cout, k, groups, hw in shapes:
                     x = torch.randn(bs, cin, hw, hw).contiguous(memory_format=torch.channels_last)
                     w, b = torch.randn(cout, cin // groups, k, k), torch.randn(cout)
-                    ms = interleaved(forms(x, w, b, groups), args.repeats)
-                    base = next(iter(ms.values()))
-                    cells = "; ".join(f"{form} {t:.3f} ({base / t:.2f}x)" for form, t in ms.items())
-                    print(f"{title} bs={bs} {name}: {cells}", flush=True)
+                    print_row(f"{title} bs={bs} {name}", forms(x, w, b, groups), args.repeats)
         from cc_models import cpu_kernels
 
         if not cpu_kernels.available():
@@ -179,17 +184,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         for bs in args.batches:
             for name, channels, k, stride, hw in DEPTHWISE_CONDCONV:
-                ms = interleaved(condconv_dw_forms(bs, channels, k, stride, hw), args.repeats)
-                base = next(iter(ms.values()))
-                cells = "; ".join(f"{form} {t:.3f} ({base / t:.2f}x)" for form, t in ms.items())
-                print(f"depthwise CondConv + SiLU bs={bs} {name}: {cells}", flush=True)
+                print_row(f"depthwise CondConv + SiLU bs={bs} {name}", condconv_dw_forms(bs, channels, k, stride, hw),
+                          args.repeats)
         for experts in args.experts:
             for bs in args.batches:
                 for name, cin, cout, hw, silu in POINTWISE_CONDCONV:
-                    ms = interleaved(condconv_pw_forms(bs, cin, cout, hw, silu, experts), args.repeats)
-                    base = next(iter(ms.values()))
-                    cells = "; ".join(f"{form} {t:.3f} ({base / t:.2f}x)" for form, t in ms.items())
-                    print(f"pointwise CondConv, {experts} experts, bs={bs} {name}: {cells}", flush=True)
+                    print_row(f"pointwise CondConv, {experts} experts, bs={bs} {name}",
+                              condconv_pw_forms(bs, cin, cout, hw, silu, experts), args.repeats)
     return 0
 
 
