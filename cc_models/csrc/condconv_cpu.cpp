@@ -184,6 +184,14 @@ at::Tensor checked_bias(const c10::optional<at::Tensor>& bias_opt, int64_t B, in
   return bias;
 }
 
+// The routing weights, contiguous [B, E].
+at::Tensor checked_routing(const at::Tensor& routing, int64_t B, int64_t E, const char* op) {
+  at::Tensor r = routing.contiguous();
+  TORCH_CHECK(r.dim() == 2 && r.scalar_type() == at::kFloat && r.size(0) == B && r.size(1) == E,
+              op, ": routing must be a float32 [B, E] tensor");
+  return r;
+}
+
 // x: [B, C, H, W] channels_last; experts [E, kh*kw*C] (each expert's taps outermost); routing [B, E];
 // bias [C] (shared) or [B, C] (per sample) or none; output [B, C, Ho, Wo] channels_last. Padding: pad_t rows above
 // and pad_l columns left of the input, and as many below and right as Ho, Wo need (TF SAME's asymmetric kind too).
@@ -195,9 +203,7 @@ at::Tensor depthwise(const at::Tensor& x, const at::Tensor& experts, const at::T
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), E = experts.size(0), kk = kh * kw;
   TORCH_CHECK(experts.dim() == 2 && experts.scalar_type() == at::kFloat && experts.is_contiguous() &&
               experts.size(1) == C * kk, "depthwise: experts must be a contiguous float32 [E, kh*kw*C] tensor");
-  at::Tensor r = routing.contiguous();
-  TORCH_CHECK(r.dim() == 2 && r.scalar_type() == at::kFloat && r.size(0) == B && r.size(1) == E,
-              "depthwise: routing must be a float32 [B, E] tensor");
+  const at::Tensor r = checked_routing(routing, B, E, "depthwise");
   TORCH_CHECK(kh > 0 && kw > 0 && stride > 0 && pad_t >= 0 && pad_l >= 0 && Ho > 0 && Wo > 0,
               "depthwise: kernel, stride, output size must be positive and padding non-negative");
   const at::Tensor bias = checked_bias(bias_opt, B, C, "depthwise");
@@ -342,9 +348,7 @@ at::Tensor pointwise(const at::Tensor& x, const at::Tensor& experts, const at::T
               experts.size(0) == panels && experts.size(1) == K && experts.size(3) == kPanel,
               "pointwise: experts must be a contiguous float32 [", panels, ", ", K, ", E, ", kPanel, "] tensor");
   const int64_t E = experts.size(2);
-  const at::Tensor r = routing.contiguous();
-  TORCH_CHECK(r.dim() == 2 && r.scalar_type() == at::kFloat && r.size(0) == B && r.size(1) == E,
-              "pointwise: routing must be a float32 [B, E] tensor");
+  const at::Tensor r = checked_routing(routing, B, E, "pointwise");
   const at::Tensor bias = checked_bias(bias_opt, B, N, "pointwise");
   at::Tensor gate;
   if (gate_opt.has_value() && gate_opt->defined()) {
