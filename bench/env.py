@@ -179,7 +179,7 @@ def cpu_kernels_state(device: str) -> str:
     if not cpu_kernels.enabled():
         return f"off ({cpu_kernels.ENV_SWITCH}=0)"
     if cpu_kernels.available():
-        return f"built ({cpu_kernels.build_name()})"
+        return f"built ({cpu_kernels.build_name()}, {cpu_kernels.build_isa()})"
     return f"unavailable: {cpu_kernels.failure()}"
 
 

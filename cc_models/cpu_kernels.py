@@ -138,12 +138,18 @@ def applies(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor) -> bool:
 def _has_pointwise() -> bool:
     """Whether the built library has the pointwise kernel: AVX-512 builds only (its micro-kernel needs 32 vector
     registers). Asked only once the library is loaded, so an early call cannot cache a False."""
-    return _load() and _pointwise_registered()
+    return _load() and build_isa() == "avx512"
 
 
 @functools.lru_cache(maxsize=1)
-def _pointwise_registered() -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key("cc_condconv::pointwise", "CPU")
+def _build_isa() -> str:
+    return torch.ops.cc_condconv.build_isa()
+
+
+def build_isa() -> str | None:
+    """The instruction set the library was compiled for: ``"avx512"``, ``"avx2"`` or ``"x86-64"``
+    (``-march=native``, so this machine's), or None when it is not built. The pointwise kernel needs ``"avx512"``."""
+    return _build_isa() if _load() else None
 
 
 def pointwise_applies(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor) -> bool:

@@ -254,7 +254,7 @@ def test_build_name_tracks_source_cpu_and_torch(monkeypatch):
 def test_run_records_say_whether_the_kernel_served(monkeypatch):
     from bench import env
 
-    assert env.collect("cpu").cpu_kernels == f"built ({cpu_kernels.build_name()})"
+    assert env.collect("cpu").cpu_kernels == f"built ({cpu_kernels.build_name()}, {cpu_kernels.build_isa()})"
     assert env.cpu_kernels_state("cuda") == "not used on cuda"
     monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")
     assert env.cpu_kernels_state("cpu") == f"off ({cpu_kernels.ENV_SWITCH}=0)"

@@ -6,7 +6,12 @@ for the whole network."""
 from __future__ import annotations
 
 import copy
+import os
+import platform
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -179,3 +184,53 @@ def test_op_rejects_bad_operands_with_a_message():
         op(x, experts, routing, torch.randn(31), None, 32, False)
     with pytest.raises(RuntimeError, match="gate must be"):
         op(x, experts, routing, None, torch.rand(2, 23), 32, False)
+
+
+def test_the_library_reports_the_instruction_set_it_was_built_for():
+    # -march=native: the build's instruction set is this CPU's (its /proc/cpuinfo flags are the oracle), and the
+    # pointwise op has a CPU kernel in AVX-512 builds only
+    if not cpu_kernels.available():
+        pytest.skip(f"the kernel library is not built here: {cpu_kernels.failure()}")
+    flags = cpu_kernels._cpu_flags().split()
+    expected = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "x86-64"
+    assert cpu_kernels.build_isa() == expected
+    assert cpu_kernels._has_pointwise() == (expected == "avx512")
+    has_kernel = getattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", None)  # private: a second witness only
+    if has_kernel is not None:
+        assert has_kernel("cc_condconv::pointwise", "CPU") == (expected == "avx512")
+
+
+# A build for a CPU without AVX-512 (Haswell: AVX2 and FMA), in its own process since a process holds one library
+# of the cc_condconv namespace. It must keep the depthwise kernel, leave the pointwise CondConvs to the batched
+# product, and still match timm.
+AVX2_BUILD = """
+    import torch, timm, cc_models
+    from cc_models import cpu_kernels
+    from bench.calibrate import randomize_
+    cpu_kernels.CFLAGS = tuple("-march=haswell" if f == "-march=native" else f for f in cpu_kernels.CFLAGS)
+    assert cpu_kernels.available(), cpu_kernels.failure()
+    depthwise, calls = cpu_kernels.depthwise, []
+    cpu_kernels.depthwise = lambda *a, **k: calls.append(1) or depthwise(*a, **k)
+    ours = randomize_(cc_models.from_index("tf_efficientnet_cc_b0_4e"), seed=0, size=(224, 224)).eval()
+    theirs = timm.create_model("tf_efficientnet_cc_b0_4e").eval()
+    theirs.load_state_dict(ours.state_dict())
+    ours.fuse().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        diff = (ours(x.contiguous(memory_format=torch.channels_last)) - theirs(x)).abs().max().item()
+    print(cpu_kernels.build_name(), cpu_kernels.build_isa(), cpu_kernels._has_pointwise(), len(calls), diff)
+"""
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64")
+                    or "avx2" not in cpu_kernels._cpu_flags().split(), reason="builds for, and runs, AVX2 code")
+def test_an_avx2_build_keeps_the_batched_product_and_matches_timm():
+    pytest.importorskip("timm")
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(AVX2_BUILD)], capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, CC_MODELS_CPU_KERNELS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    name, isa, has_pointwise, depthwise_calls, diff = proc.stdout.split()
+    assert name != cpu_kernels.build_name()  # its own build, not this process's library
+    assert (isa, has_pointwise) == ("avx2", "False")
+    assert int(depthwise_calls) > 0
+    assert float(diff) < 1e-4

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 namespace {
@@ -428,9 +429,22 @@ at::Tensor& bias_silu_(at::Tensor& out, const c10::optional<at::Tensor>& bias_op
   return out;
 }
 
+// The instruction set this library was compiled for (-march=native), which decides the kernels it registers:
+// Python asks this rather than the dispatcher, whose kernel lookup is private API.
+std::string build_isa() {
+#if defined(__AVX512F__)
+  return "avx512";
+#elif defined(__AVX2__)
+  return "avx2";
+#else
+  return "x86-64";
+#endif
+}
+
 }  // namespace
 
 TORCH_LIBRARY(cc_condconv, m) {
+  m.def("build_isa() -> str", &build_isa);
   m.def("depthwise(Tensor x, Tensor experts, Tensor routing, Tensor? bias, int kh, int kw, int stride, int pad_t, "
         "int pad_l, int Ho, int Wo, bool silu) -> Tensor");
   m.def("bias_silu_(Tensor(a!) out, Tensor? bias) -> Tensor(a!)");
@@ -439,7 +453,7 @@ TORCH_LIBRARY(cc_condconv, m) {
 TORCH_LIBRARY_IMPL(cc_condconv, CPU, m) {
   m.impl("depthwise", depthwise);
   m.impl("bias_silu_", bias_silu_);
-#if defined(__AVX512F__)  // elsewhere the op has no CPU kernel: cpu_kernels.pointwise_available() says False
+#if defined(__AVX512F__)  // elsewhere the op has no CPU kernel and cpu_kernels._has_pointwise() is False
   m.impl("pointwise", pointwise);
 #endif
 }
