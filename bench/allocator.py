@@ -11,8 +11,11 @@ channels_last; timm: channels_last), with the same threads and denormals
 flushed, and waits. The parent then asks them in turn, one at a time and in
 a shuffled order each round (as ``cc-bench compare``: no worker always follows
 the same other one), to time one batch: interleaved, never two at once. It prints
-the median images/s per allocator (with the range) and each one's ratio to
-``default``. A speed target of the issue lives here, not in a unit test.
+the median images/s per allocator (with the range), each one's ratio to
+``default``, and the median minor page faults per batch: the cost the
+allocator setting exists to remove (none left means nothing more to gain from
+it at that batch size). A speed target of the issue lives here, not in a unit
+test.
 """
 from __future__ import annotations
 
@@ -41,6 +44,7 @@ def preload_path(name: str) -> str | None:
 
 def _worker(allocator: str, model_id: str, impl: str, threads: int, batch_sizes: Sequence[int]) -> int:
     """Build, warm up, say ``ready <allocator label>``, then answer each batch size read from stdin with seconds."""
+    import resource
     import time
 
     import torch
@@ -71,9 +75,11 @@ def _worker(allocator: str, model_id: str, impl: str, threads: int, batch_sizes:
         print(f"ready {state.allocator}", flush=True)
         for line in sys.stdin:
             x = inputs[int(line)]
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt  # all threads of the process
             t0 = time.perf_counter()
             model(x)
-            print(time.perf_counter() - t0, flush=True)
+            seconds = time.perf_counter() - t0
+            print(seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults, flush=True)
     return EXIT_OK
 
 
@@ -94,10 +100,12 @@ class Worker:
             raise RuntimeError(f"worker {self.name} failed to start (exit {self.proc.wait()})")
         self.label = line.split(" ", 1)[1].strip()
 
-    def time(self, batch_size: int) -> float:
+    def time(self, batch_size: int) -> tuple[float, int]:
+        """Seconds for one batch and the minor page faults it took."""
         self.proc.stdin.write(f"{batch_size}\n")
         self.proc.stdin.flush()
-        return float(self.proc.stdout.readline())
+        seconds, faults = self.proc.stdout.readline().split()
+        return float(seconds), int(faults)
 
     def close(self) -> None:
         if self.proc.stdin:
@@ -106,13 +114,15 @@ class Worker:
 
 
 def compare_allocators(model_id: str, impl: str, allocators: Sequence[str], threads: int,
-                       batch_sizes: Sequence[int], repeats: int) -> dict[int, dict[str, list[float]]]:
-    """Seconds per batch, ``{batch size: {allocator: [runs]}}``, interleaved across worker processes."""
+                       batch_sizes: Sequence[int], repeats: int) -> dict[int, dict[str, list[tuple[float, int]]]]:
+    """(seconds, page faults) per batch, ``{batch size: {allocator: [runs]}}``, interleaved across worker
+    processes."""
     workers = [Worker(a, model_id, impl, threads, batch_sizes) for a in allocators]
     try:
         for w in workers:
             w.wait_ready()
-        times: dict[int, dict[str, list[float]]] = {bs: {w.label: [] for w in workers} for bs in batch_sizes}
+        times: dict[int, dict[str, list[tuple[float, int]]]] = {bs: {w.label: [] for w in workers}
+                                                                for bs in batch_sizes}
         order = random.Random(0)
         for _ in range(repeats):
             for bs in batch_sizes:
@@ -124,13 +134,15 @@ def compare_allocators(model_id: str, impl: str, allocators: Sequence[str], thre
             w.close()
 
 
-def report(model_id: str, impl: str, batch_size: int, times: dict[str, list[float]]) -> str:
-    ips = {label: batch_size / statistics.median(t) for label, t in times.items()}
+def report(model_id: str, impl: str, batch_size: int, times: dict[str, list[tuple[float, int]]]) -> str:
+    ips = {label: batch_size / statistics.median(s for s, _ in t) for label, t in times.items()}
     base = next(iter(ips.values()))  # the first allocator given (default)
     cells = []
     for label, t in times.items():
-        runs = sorted(batch_size / s for s in t)
-        cells.append(f"{label} {ips[label]:.1f} img/s [{runs[0]:.1f}-{runs[-1]:.1f}] {ips[label] / base:.2f}x")
+        runs = sorted(batch_size / s for s, _ in t)
+        faults = statistics.median(f for _, f in t)
+        cells.append(f"{label} {ips[label]:.1f} img/s [{runs[0]:.1f}-{runs[-1]:.1f}] {ips[label] / base:.2f}x "
+                     f"{faults:.0f} faults/batch")
     return f"{model_id} {impl} bs={batch_size}: " + "; ".join(cells)
 
 
