@@ -148,13 +148,16 @@ def test_a_corrupt_local_release_file_is_an_error(release_index, tmp_path, monke
 # throughput
 
 
-def _history(measured: float, threads: int = 2, fingerprint: str = ENV["fingerprint_id"], batch_size: int = 1):
+def _history(measured: float, threads: int = 2, fingerprint: str = ENV["fingerprint_id"], batch_size: int = 1,
+             reference: tuple[str, float] | None = None):
+    extra = {"reference": reference[0], "reference_images_per_s": reference[1]} if reference else {}
     run = {
         "format": schema.FORMAT, "run_id": "20260101T000000Z-0000", "timestamp": "2026-01-01T00:00:00Z",
         "git_commit": "old", "environment": {},
         "checks": [CheckResult(MODEL_ID, "throughput", "images_per_s", measured=measured, status="info",
                                device="cpu", device_name="Test CPU", fingerprint=fingerprint, dtype="float32",
-                               threads=threads, torch_version="2.0.0", batch_size=batch_size).to_dict()],
+                               threads=threads, torch_version="2.0.0", batch_size=batch_size,
+                               extra=extra).to_dict()],
     }
     return store.run_rows(run)
 
@@ -164,14 +167,36 @@ def test_throughput_records_settings_and_compares_with_the_previous_run(index):
     settings = dict(batch_sizes=(1, 2), warmup=1, repeats=3)
     rows = runner.run_check("throughput", entry, ctx_for(index, **settings))
     assert [r.batch_size for r in rows] == [1, 2]
+    import torchvision
+
+    from bench import throughput
+
+    label = throughput.host_reference()[0]
+    assert label.startswith(f"torchvision {torchvision.__version__} mobilenet_v2")
     for r in rows:
         assert r.status == "info" and r.measured > 0 and "no earlier run" in r.reason
         assert (r.device, r.dtype, r.threads, r.torch_version) == ("cpu", "float32", 2, torch.__version__)
         assert len(r.extra["times_s"]) == 3 and r.extra["warmup"] == 1 and r.extra["timer"] == "time.perf_counter"
+        assert r.extra["reference"] == label and r.extra["reference_images_per_s"] > 0
+        assert "host reference" in r.reason
 
     (slow,) = runner.run_check("throughput", entry, ctx_for(index, history=_history(1e9), batch_sizes=(1,)))
     assert slow.status == "regression"
-    assert "below the previous run 20260101T000000Z-0000" in slow.reason and "torch 2.0.0 then" in slow.reason
+    assert "regression against the previous run 20260101T000000Z-0000" in slow.reason
+    assert "torch 2.0.0 then" in slow.reason and "(no host reference then)" in slow.reason
+
+    # against a run that timed the same reference, the ratio to it decides: a previous run whose host ran the
+    # reference a billion times faster is no regression whatever our figure, and the reverse is one
+    (host_was_fast,) = runner.run_check("throughput", entry, ctx_for(
+        index, history=_history(1e9, reference=(label, 1e18)), batch_sizes=(1,)))
+    assert host_was_fast.status == "info" and "relative to the host reference" in host_was_fast.reason
+    assert host_was_fast.extra["previous"]["host_change"] < -0.99
+    (code_was_fast,) = runner.run_check("throughput", entry, ctx_for(
+        index, history=_history(1e9, reference=(label, 1e-3)), batch_sizes=(1,)))
+    assert code_was_fast.status == "regression" and "relative to the host reference" in code_was_fast.reason
+    (other_reference,) = runner.run_check("throughput", entry, ctx_for(
+        index, history=_history(1e9, reference=("torchvision 0.1 mobilenet_v2", 1e18)), batch_sizes=(1,)))
+    assert other_reference.status == "regression" and "(no host reference then)" in other_reference.reason
     assert report.ok([slow])  # informational: not a failure
     assert "throughput regression" in report.verdict_line([slow])
 
@@ -182,6 +207,56 @@ def test_throughput_records_settings_and_compares_with_the_previous_run(index):
                   _history(1e9, batch_size=32)):
         (row,) = runner.run_check("throughput", entry, ctx_for(index, history=other, batch_sizes=(1,)))
         assert row.status == "info" and "no earlier run" in row.reason
+
+
+@pytest.mark.parametrize("ours, host, regression", [
+    (0.75, 0.75, False),  # the host slowed by 25% for a while: ours with it
+    (0.85, 1.00, True),   # ours 15% slower on the same host
+    (0.94, 1.10, True),   # ours 6% slower on a host 10% faster: 14.5% slower relative to it
+    (0.88, 0.80, False),  # ours 12% slower on a host 20% slower
+])
+def test_a_regression_is_judged_against_the_host_reference(ours, host, regression):
+    from bench.checks.throughput import judge
+
+    prev = {"run_id": "r", "images_per_s": 100.0, "reference": "ref", "reference_images_per_s": 200.0}
+    slower, changes, how = judge(100.0 * ours, 200.0 * host, "ref", prev)
+    assert slower == regression
+    assert changes["change"] == pytest.approx(ours - 1) and changes["host_change"] == pytest.approx(host - 1)
+    assert changes["relative_change"] == pytest.approx(ours / host - 1)
+    assert f"{ours / host - 1:+.1%} relative to the host reference" in how
+    # without the same reference on both sides the figures themselves are compared
+    for reference, label, note in ((None, None, "no host reference timed"), (200.0, "other", "no host reference then")):
+        slower, changes, how = judge(100.0 * ours, reference, label, prev)
+        assert slower == (ours < 0.9) and set(changes) == {"change"} and note in how
+
+
+def test_the_host_reference_brackets_the_models_runs(monkeypatch):
+    from bench import throughput
+
+    monkeypatch.setattr(throughput, "REFERENCE_MIN_S", 0.0)
+    calls = []
+
+    class Sleeper(nn.Module):
+        def __init__(self, name, seconds):
+            super().__init__()
+            self.name, self.seconds = name, seconds
+
+        def forward(self, x):
+            import time
+            calls.append(self.name)
+            time.sleep(self.seconds)
+            return x
+
+    t = throughput.measure(Sleeper("model", 0.01), (3, 8, 8), 4, warmup=1, repeats=4,
+                           reference=("sleeper", Sleeper("reference", 0.03)))
+    # the reference's warm-up and a block of its runs, the model's warm-up and runs back to back, a block again
+    blocks = ["reference"] * throughput.REFERENCE_RUNS
+    assert calls == ["reference", *blocks, "model", *["model"] * 4, *blocks]
+    assert t.reference == "sleeper" and len(t.times_s) == 4
+    assert t.reference_images_per_s == pytest.approx(4 / 0.03, rel=0.3)
+    assert t.images_per_s == pytest.approx(4 / 0.01, rel=0.5)
+    with pytest.raises(ValueError, match="CPU workload"):
+        throughput.measure(Sleeper("model", 0), (3, 8, 8), 1, device="cuda", reference=("sleeper", Sleeper("r", 0)))
 
 
 def test_throughput_stops_early_within_the_time_budget():

@@ -7,9 +7,16 @@ dtype, thread count and batch size. A run recorded without a fingerprint is neve
 compared against. Figures drift between runs on shared machines;
 only ratios measured side by side are comparable, so a regression is reported,
 not failed.
+
+On CPU the run also times a host reference beside the model (``bench.throughput.
+host_reference``), and where both runs have the same reference the comparison is
+of the ratio model / reference: a host that slowed by 25% for a while (seen here)
+then reads as the host, not as a regression, and code that got slower on a host
+that got faster is still caught. The row's reason gives both changes.
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +53,42 @@ def previous(history: list[dict[str, Any]] | None, row: CheckResult, env: dict[s
     if not same:
         return None
     last = schema.chronological(same)[-1]
-    return {"run_id": str(last["run_id"]), "images_per_s": float(last["measured"]),
-            "torch_version": str(last["torch_version"])}
+    found = {"run_id": str(last["run_id"]), "images_per_s": float(last["measured"]),
+             "torch_version": str(last["torch_version"])}
+    extra = _extra(last)
+    if isinstance(extra.get("reference"), str) and isinstance(extra.get("reference_images_per_s"), (int, float)):
+        found["reference"] = extra["reference"]
+        found["reference_images_per_s"] = float(extra["reference_images_per_s"])
+    return found
+
+
+def _extra(row: dict[str, Any]) -> dict[str, Any]:
+    extra = row.get("extra")
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra) if extra.strip() else {}
+        except ValueError:
+            return {}
+    return extra if isinstance(extra, dict) else {}
+
+
+def judge(images_per_s: float, reference_images_per_s: float | None, reference: str | None,
+          prev: dict[str, Any]) -> tuple[bool, dict[str, float], str]:
+    """Whether this figure is a regression against ``prev`` (from :func:`previous`), the changes behind the
+    verdict, and how they were compared. Against the same host reference the ratio to it is compared; otherwise
+    the figures themselves."""
+    change = images_per_s / prev["images_per_s"] - 1 if prev["images_per_s"] else math.inf
+    changes = {"change": change}
+    if reference and reference_images_per_s and prev.get("reference") == reference \
+            and prev.get("reference_images_per_s"):
+        host = reference_images_per_s / prev["reference_images_per_s"] - 1
+        relative = (1 + change) / (1 + host) - 1
+        changes.update(host_change=host, relative_change=relative)
+        return relative < -REGRESSION_DROP, changes, (
+            f"{relative:+.1%} relative to the host reference timed beside it ({change:+.1%} in images/s, the "
+            f"reference {host:+.1%})")
+    why = "no host reference then" if reference else "no host reference timed"
+    return change < -REGRESSION_DROP, changes, f"{change:+.1%} ({why})"
 
 
 def measure(entry: "ModelEntry", ctx: Context, rows: list[CheckResult]) -> list[CheckResult]:
@@ -56,35 +97,33 @@ def measure(entry: "ModelEntry", ctx: Context, rows: list[CheckResult]) -> list[
         raise SkipCheck(s.cuda_unavailable)
     # prepare() times a fused copy, so the shared model stays as built for the other checks
     model = timing.prepare(ctx.model(entry), s.device)
+    reference = timing.host_reference() if s.device == "cpu" else None
     runs = len(rows) * (s.warmup + s.repeats)
     with ctx.progress.task(f"throughput {entry.id}", total=runs) as advance:
         for row in rows:
             t = timing.measure(model, entry.data.input_size, row.batch_size, device=s.device, dtype=row.dtype,
                                warmup=s.warmup, repeats=s.repeats, budget_s=s.budget_s, min_time_s=s.min_time_s,
-                               advance=advance)
+                               advance=advance, reference=reference)
             row.measured = round(t.images_per_s, 3)
             row.threads = ctx.env.get("threads")
             row.extra = {**t.to_extra(), "input_size": list(entry.data.input_size), "fused": True}
             how = f"median of {len(t.times_s)} runs after {t.warmup} warm-up, {t.dtype}" + \
-                (f", CUDA graph, peak {t.peak_memory_mib:.0f} MiB allocated" if t.cuda_graph else "")
+                (f", CUDA graph, peak {t.peak_memory_mib:.0f} MiB allocated" if t.cuda_graph else "") + \
+                (f"; host reference {t.reference_images_per_s:.2f} img/s" if t.reference else "")
             prev = previous(ctx.history, row, ctx.env)
             if prev is None:
                 row.status = INFO
                 row.reason = f"{t.images_per_s:.2f} img/s ({how}); no earlier run on this device and settings"
                 continue
-            change = t.images_per_s / prev["images_per_s"] - 1 if prev["images_per_s"] else math.inf
-            row.extra["previous"] = {**prev, "change": change}
+            slower, changes, compared = judge(t.images_per_s, t.reference_images_per_s, t.reference, prev)
+            row.extra["previous"] = {**prev, **changes}
             torch_note = "" if prev["torch_version"] == ctx.env.get("torch_version") else \
-                f", torch {prev['torch_version']} then"
-            if change < -REGRESSION_DROP:
-                row.status = REGRESSION
-                row.reason = (f"{t.images_per_s:.2f} img/s is {-change:.1%} below the previous run "
-                              f"{prev['run_id']} ({prev['images_per_s']:.2f} img/s{torch_note}) on the same device "
-                              f"and settings ({how})")
-            else:
-                row.status = INFO
-                row.reason = (f"{t.images_per_s:.2f} img/s ({how}); previous run {prev['run_id']}: "
-                              f"{prev['images_per_s']:.2f} img/s ({change:+.1%}{torch_note})")
+                f"; torch {prev['torch_version']} then"
+            row.status = REGRESSION if slower else INFO
+            row.reason = (f"{t.images_per_s:.2f} img/s ({how}); "
+                          f"{'regression against' if slower else 'against'} the previous run {prev['run_id']} on "
+                          f"the same device and settings ({prev['images_per_s']:.2f} img/s{torch_note}): "
+                          f"{compared}")
     if s.device == "cuda":
         del model
         import torch
