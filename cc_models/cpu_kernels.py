@@ -156,13 +156,14 @@ def pointwise_applies(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor) 
     """Whether ``layer`` (a pointwise ``CondConv2d`` of a fused model: experts stored [Cin, Cout]) runs
     :func:`pointwise` on ``x``.
 
-    The kernel mixes each sample's kernel from the experts in L2, E loads per weight per sample; the batched-product
-    form mixes the whole batch in one matrix product. Measured over B0's eight pointwise CondConv shapes together
-    (2 threads, AVX-512; ``python -m bench.conv_forms`` times four of them): the kernel ran 1.06-1.33x as fast as the
-    batched product with 4 experts at batch 1-32 and with 8 experts at batch 1-2, and 0.87-0.92x as fast with 8
-    experts at batch 8-32, where it is not used."""
+    The kernel mixes each sample's kernel from the experts in cache (in groups of samples where the experts do not
+    stay in L2: :func:`group_size`); the batched-product form mixes the whole batch in one matrix product, written
+    out and read back. Measured on this 2-core AVX-512 Xeon (``python -m bench.conv_forms`` times B0's shapes): over
+    B0's eight pointwise shapes the ungrouped kernel ran 1.06-1.33x as fast as the batched product with 4 experts
+    at batch 1-32 and with 8 at batch 1-2, but 0.87-0.92x with 8 at batch 8-32; grouping the 1152-channel layers'
+    samples turned that into 1.00-1.04x for the whole b0_8e and b1_8e models at batch 8 and 32 (in-model A/B), so
+    the kernel now serves every expert count and batch size."""
     return (layer.pointwise and layer.inference and layer.experts_in_out and layer.out_channels % 16 == 0
-            and (layer.num_experts <= 4 or x.shape[0] <= 2)
             and layer.epilogue_act in (None, "silu") and x.dim() == 4 and x.numel() > 0
             and x.is_contiguous(memory_format=torch.channels_last)
             and _may_run(x, layer.weight, routing) and _has_pointwise())
@@ -261,5 +262,26 @@ def pointwise(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor, bias: to
     """``layer``'s output for ``x`` (channels_last) with its ``epilogue_act``; the caller checked
     :func:`pointwise_applies`. ``bias``: [Cout] or [B, Cout] or None; ``gate``: [B, Cin] scaling the input
     channels (an SE gate folded into each sample's kernel) or None."""
-    return torch.ops.cc_condconv.pointwise(x, _experts_panels(layer), routing, bias, gate, layer.out_channels,
-                                           layer.epilogue_act == "silu")
+    return torch.ops.cc_condconv.pointwise(
+        x, _experts_panels(layer), routing, bias, gate, layer.out_channels, layer.epilogue_act == "silu",
+        group_size(layer.in_channels, layer.num_experts, layer.out_channels, x.shape[0], torch.get_num_threads()))
+
+
+GROUP_SLICE_BYTES = 3 << 19  # 1.5 MiB: a panel's expert slice above this does not stay in a 2 MiB L2
+
+
+def group_size(in_channels: int, experts: int, out_channels: int, batch: int, threads: int) -> int:
+    """How many samples the pointwise kernel mixes together (each expert vector loaded once for all of them).
+
+    A sample's mix reads the panel's slice of every expert (Cin x E x 48 floats). Where that slice stays in L2 the
+    next sample reads it again from there, and grouping only adds the partial sums' round trips (B0's layers with
+    4 experts: 0.85-1.02x); where it does not (1152 input channels with 8 experts: 1.77 MB) every sample reads it
+    from L3, and groups of 8 ran B0's two such layers 1.45-1.6x as fast at batch 32. Groups stay small enough to
+    leave every thread at least four (panel, group) pairs: at batch 8, groups of 4 beat groups of 8 by 1.1x."""
+    if in_channels * experts * PANEL * 4 <= GROUP_SLICE_BYTES:
+        return 1
+    panels = len(panel_spans(out_channels))
+    for size in (8, 4, 2):
+        if size <= batch and panels * -(-batch // size) >= 4 * threads:
+            return size
+    return 1

@@ -97,10 +97,9 @@ def test_kernel_bias_gate_and_activation(silu, bias, with_gate, calls):
     torch.testing.assert_close(out.double(), _oracle(layer, x, routing, gate), atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("case", ["channels not a multiple of 16", "8 experts at batch 8", "NCHW input",
-                                  "no kernel on this CPU"])
+@pytest.mark.parametrize("case", ["channels not a multiple of 16", "NCHW input", "no kernel on this CPU"])
 def test_other_layers_keep_the_batched_product_and_the_gate(case, calls, monkeypatch):
-    cout, experts, batch = (40, 4, 2) if case == "channels not a multiple of 16" else (32, 8 if "8" in case else 4, 8)
+    cout, experts, batch = (40, 4, 2) if case == "channels not a multiple of 16" else (32, 8, 8)
     layer = _layer(24, cout, experts, seed=9)
     x = torch.randn(batch, 24, 5, 5)
     if case != "NCHW input":
@@ -145,8 +144,9 @@ def test_expert_panels_follow_weight_updates(calls):
 
 
 @needs_kernel
-@pytest.mark.parametrize("variant", ["tf_efficientnet_cc_b0_4e", "tf_efficientnet_cc_b0_8e"])
-def test_whole_model_folds_the_se_gate_and_matches_timm(variant, calls, count_calls):
+@pytest.mark.parametrize("variant,batch", [("tf_efficientnet_cc_b0_4e", 2), ("tf_efficientnet_cc_b0_8e", 2),
+                                           ("tf_efficientnet_cc_b0_8e", 8)])
+def test_whole_model_folds_the_se_gate_and_matches_timm(variant, batch, calls, count_calls, monkeypatch):
     timm = pytest.importorskip("timm")
     from bench.calibrate import randomize_
     from cc_models.layers import SqueezeExcite
@@ -157,11 +157,17 @@ def test_whole_model_folds_the_se_gate_and_matches_timm(variant, calls, count_ca
     fused = copy.deepcopy(ours).fuse().to(memory_format=torch.channels_last)
     pointwise = [m for m in fused.modules() if isinstance(m, CondConv2d) and m.pointwise]
     se_calls = count_calls(SqueezeExcite, "forward")
-    x = torch.randn(2, 3, 224, 224)
+    sizes = []
+    group_size = cpu_kernels.group_size
+    monkeypatch.setattr(cpu_kernels, "group_size", lambda *a: sizes.append(group_size(*a)) or sizes[-1])
+    x = torch.randn(batch, 3, 224, 224)
     with torch.inference_mode():
         expected = theirs(x)
         out = fused(x.contiguous(memory_format=torch.channels_last))
     assert calls["pointwise"] == len(pointwise) > 0 and calls["bias_silu_"] == 0
+    # B0-8e's 1152-channel projections mix their samples in groups at batch 8 (4 per group on 2 threads)
+    grouped = 3 if variant.endswith("8e") and batch == 8 and torch.get_num_threads() == 2 else 0
+    assert sum(size > 1 for size in sizes) >= grouped
     blocks = sum(1 for m in fused.modules() if isinstance(m, SqueezeExcite))
     assert se_calls["forward"] == blocks - len(pointwise) // 2  # the CondConv blocks' gates went into the kernel
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
@@ -173,17 +179,49 @@ def test_op_rejects_bad_operands_with_a_message():
     x = torch.randn(2, 24, 5, 5).contiguous(memory_format=torch.channels_last)
     experts, routing = torch.randn(1, 24, 4, 48), torch.rand(2, 4)
     with pytest.raises(RuntimeError, match="channels_last"):
-        op(x.contiguous(), experts, routing, None, None, 32, False)
+        op(x.contiguous(), experts, routing, None, None, 32, False, 1)
     with pytest.raises(RuntimeError, match="multiple of 16"):
-        op(x, experts, routing, None, None, 40, False)
+        op(x, experts, routing, None, None, 40, False, 1)
     with pytest.raises(RuntimeError, match="experts must be"):
-        op(x, torch.randn(1, 23, 4, 48), routing, None, None, 32, False)
+        op(x, torch.randn(1, 23, 4, 48), routing, None, None, 32, False, 1)
     with pytest.raises(RuntimeError, match="routing must be"):
-        op(x, experts, torch.rand(2, 3), None, None, 32, False)
+        op(x, experts, torch.rand(2, 3), None, None, 32, False, 1)
     with pytest.raises(RuntimeError, match="bias must be"):
-        op(x, experts, routing, torch.randn(31), None, 32, False)
+        op(x, experts, routing, torch.randn(31), None, 32, False, 1)
     with pytest.raises(RuntimeError, match="gate must be"):
-        op(x, experts, routing, None, torch.rand(2, 23), 32, False)
+        op(x, experts, routing, None, torch.rand(2, 23), 32, False, 1)
+    with pytest.raises(RuntimeError, match="group_size must be at least 1"):
+        op(x, experts, routing, None, None, 32, False, 0)
+
+
+# Groups of samples mixed together over ranges of input channels (csrc: a group's panels hold 64 Ki floats, so
+# 170 rows for groups of 8, 341 for 4): K = 400 takes three ranges with groups of 8, two with 4; 11 samples leave
+# a group of 3 (2 + 1) after one of 8, 5 leave one of 1 after one of 4.
+@needs_kernel
+@pytest.mark.parametrize("group", [2, 3, 4, 8])
+@pytest.mark.parametrize("experts", [8, 4, 3])
+@pytest.mark.parametrize("cin,cout,h,w,batch", [(400, 112, 7, 7, 11), (400, 48, 4, 4, 5), (24, 32, 5, 5, 11)])
+def test_grouped_mix_matches_per_sample_convolution(group, experts, cin, cout, h, w, batch, two_threads):
+    layer = _layer(cin, cout, experts, expert_bias=True, seed=cin + group)
+    x = torch.randn(batch, cin, h, w).contiguous(memory_format=torch.channels_last)
+    routing, gate = torch.rand(batch, experts), torch.rand(batch, cin)
+    bias = layer._mixed_bias(routing)
+    with torch.inference_mode():
+        out = torch.ops.cc_condconv.pointwise(x, cpu_kernels._experts_panels(layer), routing, bias, gate, cout, True,
+                                              group)
+    torch.testing.assert_close(out.double(), _oracle(layer, x, routing, gate), atol=5e-5, rtol=5e-5)
+
+
+def test_group_size_rule():
+    # a panel's expert slice (Cin x E x 48 floats) that stays in L2 keeps one sample at a time
+    assert cpu_kernels.group_size(672, 8, 192, 32, 2) == 1  # 1.03 MB
+    assert cpu_kernels.group_size(1152, 4, 320, 32, 2) == 1  # 0.88 MB
+    # 1.77 MB: groups as large as leave each of the threads four (panel, group) pairs
+    assert cpu_kernels.group_size(1152, 8, 320, 32, 2) == 8  # 7 panels x 4 groups
+    assert cpu_kernels.group_size(1152, 8, 192, 8, 2) == 4  # 4 panels x 2 groups
+    assert cpu_kernels.group_size(1152, 8, 192, 8, 4) == 2
+    assert cpu_kernels.group_size(1152, 8, 192, 2, 2) == 1  # batch 2: too few pairs to group at all
+    assert cpu_kernels.group_size(1152, 8, 320, 1, 1) == 1
 
 
 def test_the_library_reports_the_instruction_set_it_was_built_for():

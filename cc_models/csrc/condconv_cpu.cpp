@@ -246,6 +246,7 @@ at::Tensor depthwise(const at::Tensor& x, const at::Tensor& experts, const at::T
 // micro-kernel keeps MR x 48 sums in registers (21-24 of the 32 AVX-512 registers; AVX2's 16 would spill them,
 // hence AVX-512 builds only) with bias and SiLU applied before the store.
 constexpr int64_t kPanelVectors = 3, kPanel = kPanelVectors * L;  // panel width: 48 output channels
+constexpr int64_t kGroupPanelFloats = 64 * 1024;  // a group's mixed panels for one range of input channels: 256 KiB
 
 // Panel j's first vector of 16 output channels and its width in vectors: 3 each, except that a lone last vector
 // (3, 3, 1) becomes two panels of 2 (3, 2, 2): every panel is a pass over the sample's input, and a pass for 16
@@ -259,55 +260,84 @@ inline void panel_span(int64_t nvec, int64_t panels, int64_t j, int64_t& v0, int
   }
 }
 
-// MR output pixels x NV*16 channels of one sample: sums over all K in registers. a: MR pixel rows (stride K).
-template <int MR, int NV>
-__attribute__((always_inline)) inline void pw_block(const float* a, int64_t K, const float* p, const float* bias,
-                                                    float* out, int64_t N, bool silu) {
-  v16 acc[MR][NV];
-#pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) {
-    const v16 bv = bias ? loadu(bias + v * L) : v16{};
-#pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m) acc[m][v] = bv;
+// MR output pixels x NV*16 channels of one sample over input channels [k0, k0 + kn): a points at the first pixel's
+// channel k0 (pixel rows lda apart), p at the panel's [kn, 48] rows. The sums start from the bias on the first
+// range and from the stored partial sums after it; the last range applies SiLU before the store.
+template <int MR, int NV, bool kWhole>
+__attribute__((always_inline)) inline void pw_block(const float* a, int64_t lda, int64_t kn, const float* p,
+                                                    const float* bias, float* out, int64_t N, bool first, bool last,
+                                                    bool silu) {
+  if constexpr (kWhole) {  // all K rows: the pixel rows are kn apart, and no partial sums
+    first = last = true;
+    lda = kn;
   }
-  for (int64_t k = 0; k < K; ++k) {
+  v16 acc[MR][NV];
+  if (first) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      const v16 bv = bias ? loadu(bias + v * L) : v16{};
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) acc[m][v] = bv;
+    }
+  } else {
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[m][v] = loadu(out + m * N + v * L);
+  }
+  for (int64_t k = 0; k < kn; ++k) {
     v16 bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) bv[v] = loadu(p + k * kPanel + v * L);
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) {
-      const float av = a[m * K + k];  // a scalar operand: a broadcast load folded into the FMAs
+      const float av = a[m * lda + k];  // a scalar operand: a broadcast load folded into the FMAs
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[m][v] += av * bv[v];
     }
   }
+  const bool act = last && silu;
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) storeu(out + m * N + v * L, silu ? silu16(acc[m][v]) : acc[m][v]);
+    for (int v = 0; v < NV; ++v) storeu(out + m * N + v * L, act ? silu16(acc[m][v]) : acc[m][v]);
 }
 
-// All M pixels against one panel: blocks of 7 pixels where M is a multiple of 7 (B0/B1's 7x7 and 14x14 maps),
-// else of 8, then single pixels.
-template <int NV>
-void pw_panel(const float* a, int64_t M, int64_t K, const float* p, const float* bias, float* out, int64_t N,
-              bool silu) {
+// All M pixels against one panel (one range of input channels): blocks of 7 pixels where M is a multiple of 7
+// (B0/B1's 7x7 and 14x14 maps), else of 8, then single pixels.
+template <int NV, bool kWhole>
+void pw_panel(const float* a, int64_t lda, int64_t M, int64_t kn, const float* p, const float* bias, float* out,
+              int64_t N, bool first, bool last, bool silu) {
+  if constexpr (kWhole) lda = kn;
   int64_t m = 0;
   if (M % 7 == 0)
-    for (; m < M; m += 7) pw_block<7, NV>(a + m * K, K, p, bias, out + m * N, N, silu);
+    for (; m < M; m += 7) pw_block<7, NV, kWhole>(a + m * lda, lda, kn, p, bias, out + m * N, N, first, last, silu);
   else
-    for (; m + 8 <= M; m += 8) pw_block<8, NV>(a + m * K, K, p, bias, out + m * N, N, silu);
-  for (; m < M; ++m) pw_block<1, NV>(a + m * K, K, p, bias, out + m * N, N, silu);
+    for (; m + 8 <= M; m += 8)
+      pw_block<8, NV, kWhole>(a + m * lda, lda, kn, p, bias, out + m * N, N, first, last, silu);
+  for (; m < M; ++m) pw_block<1, NV, kWhole>(a + m * lda, lda, kn, p, bias, out + m * N, N, first, last, silu);
 }
 
-// panel[k, :nv*16] = gate[k] * sum_e r[e] * experts[k, e, :nv*16]; experts: one panel's [K, E, 48] slice, read as
-// one contiguous stream. E is a template argument for the model's 4 and 8 experts (routing in registers).
+// One panel of one sample over one range of input channels; the whole range (every ungrouped layer) without the
+// partial-sum branches.
+template <int NV>
+void pw_range(const float* a, int64_t lda, int64_t M, int64_t kn, const float* p, const float* bias, float* out,
+              int64_t N, bool first, bool last, bool silu) {
+  if (first && last)
+    pw_panel<NV, true>(a, lda, M, kn, p, bias, out, N, true, true, silu);
+  else
+    pw_panel<NV, false>(a, lda, M, kn, p, bias, out, N, first, last, silu);
+}
+
+// panel[k, :nv*16] = gate[k] * sum_e r[e] * experts[k, e, :nv*16] for one sample; experts: the panel's [K, E, 48]
+// slice from the range's first row, read as one contiguous stream. E is a template argument for the model's 4 and
+// 8 experts (routing in registers).
 template <int E>
-void mix_panel_e(const float* experts, const float* r, const float* gate, int64_t K, int64_t nv, float* panel) {
+void mix_panel_e(const float* experts, const float* r, const float* gate, int64_t kn, int64_t nv, float* panel) {
   v16 rv[E];
 #pragma GCC unroll 8
   for (int e = 0; e < E; ++e) rv[e] = v16{} + r[e];
-  for (int64_t k = 0; k < K; ++k) {
+  for (int64_t k = 0; k < kn; ++k) {
     const float* w = experts + k * E * kPanel;
     for (int64_t c = 0; c < nv * L; c += L) {
       v16 s = rv[0] * loadu(w + c);
@@ -318,33 +348,85 @@ void mix_panel_e(const float* experts, const float* r, const float* gate, int64_
   }
 }
 
-void mix_panel(const float* experts, const float* r, const float* gate, int64_t E, int64_t K, int64_t nv,
-               float* panel) {
-  switch (E) {
-    case 4: return mix_panel_e<4>(experts, r, gate, K, nv, panel);
-    case 8: return mix_panel_e<8>(experts, r, gate, K, nv, panel);
-  }
-  for (int64_t k = 0; k < K; ++k) {
+// The same for the G samples s of a group (panels [G, kn, 48]; r [G, E]; gate rows ldg apart): each expert vector
+// is loaded once for all G, so the experts are read once per group rather than once per sample. The G*E routing
+// weights stay scalars in a local array, broadcast by the FMAs' memory operands.
+template <int G, int E>
+void mix_group_e(const float* __restrict experts, const float* __restrict r, const float* __restrict gate,
+                 int64_t ldg, int64_t kn, int64_t nv, float* __restrict panels) {
+  float rs[G * E];
+  for (int i = 0; i < G * E; ++i) rs[i] = r[i];
+  for (int64_t k = 0; k < kn; ++k) {
     const float* w = experts + k * E * kPanel;
     for (int64_t c = 0; c < nv * L; c += L) {
-      v16 s = r[0] * loadu(w + c);
-      for (int64_t e = 1; e < E; ++e) s += r[e] * loadu(w + e * kPanel + c);
-      storeu(panel + k * kPanel + c, gate ? s * gate[k] : s);
+      v16 s[G];
+      const v16 w0 = loadu(w + c);
+#pragma GCC unroll 8
+      for (int j = 0; j < G; ++j) s[j] = rs[j * E] * w0;
+#pragma GCC unroll 8
+      for (int e = 1; e < E; ++e) {
+        const v16 we = loadu(w + e * kPanel + c);
+#pragma GCC unroll 8
+        for (int j = 0; j < G; ++j) s[j] += rs[j * E + e] * we;
+      }
+#pragma GCC unroll 8
+      for (int j = 0; j < G; ++j) storeu(panels + (j * kn + k) * kPanel + c, gate ? s[j] * gate[j * ldg + k] : s[j]);
     }
   }
 }
 
+template <int E>
+void mix_panels_g(int64_t g, const float* experts, const float* r, const float* gate, int64_t ldg, int64_t kn,
+                  int64_t nv, float* panels) {
+  switch (g) {
+    case 8: return mix_group_e<8, E>(experts, r, gate, ldg, kn, nv, panels);
+    case 4: return mix_group_e<4, E>(experts, r, gate, ldg, kn, nv, panels);
+    case 2: return mix_group_e<2, E>(experts, r, gate, ldg, kn, nv, panels);
+    case 1: return mix_panel_e<E>(experts, r, gate, kn, nv, panels);
+  }
+  for (int64_t j = 0; j < g;) {  // a group's remainder: the sizes above, largest first
+    const int64_t h = g - j >= 8 ? 8 : g - j >= 4 ? 4 : g - j >= 2 ? 2 : 1;
+    mix_panels_g<E>(h, experts, r + j * E, gate ? gate + j * ldg : nullptr, ldg, kn, nv, panels + j * kn * kPanel);
+    j += h;
+  }
+}
+
+// The generic expert count (neither 4 nor 8): one sample at a time.
+void mix_panels_any(int64_t g, const float* experts, const float* r, const float* gate, int64_t ldg, int64_t E,
+                    int64_t kn, int64_t nv, float* panels) {
+  for (int64_t j = 0; j < g; ++j)
+    for (int64_t k = 0; k < kn; ++k) {
+      const float* w = experts + k * E * kPanel;
+      for (int64_t c = 0; c < nv * L; c += L) {
+        v16 s = r[j * E] * loadu(w + c);
+        for (int64_t e = 1; e < E; ++e) s += r[j * E + e] * loadu(w + e * kPanel + c);
+        storeu(panels + (j * kn + k) * kPanel + c, gate ? s * gate[j * ldg + k] : s);
+      }
+    }
+}
+
+void mix_panels(int64_t g, const float* experts, const float* r, const float* gate, int64_t ldg, int64_t E,
+                int64_t kn, int64_t nv, float* panels) {
+  switch (E) {
+    case 4: return mix_panels_g<4>(g, experts, r, gate, ldg, kn, nv, panels);
+    case 8: return mix_panels_g<8>(g, experts, r, gate, ldg, kn, nv, panels);
+  }
+  mix_panels_any(g, experts, r, gate, ldg, E, kn, nv, panels);
+}
+
 // x: [B, K, H, W] channels_last; experts: [panels, K, E, 48] (cpu_kernels._experts_panels: each expert's [K, N]
-// kernel cut into the panels of panel_span, zero-padded to 48 columns); routing [B, E]; bias [N], [B, N] or none; gate [B, K] or none.
-// Output [B, N, H, W] channels_last. N must be a multiple of 16.
+// kernel cut into the panels of panel_span, zero-padded to 48 columns); routing [B, E]; bias [N], [B, N] or none;
+// gate [B, K] or none; group_size: samples mixed together (cpu_kernels.group_size). Output [B, N, H, W]
+// channels_last. N must be a multiple of 16.
 at::Tensor pointwise(const at::Tensor& x, const at::Tensor& experts, const at::Tensor& routing,
                      const c10::optional<at::Tensor>& bias_opt, const c10::optional<at::Tensor>& gate_opt, int64_t N,
-                     bool silu) {
+                     bool silu, int64_t group_size) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "pointwise: x must be a float32 channels_last [B, K, H, W] tensor");
   const int64_t B = x.size(0), K = x.size(1), M = x.size(2) * x.size(3);
   const int64_t nvec = N / L, panels = (nvec + kPanelVectors - 1) / kPanelVectors;
   TORCH_CHECK(N > 0 && N % L == 0, "pointwise: the output channels (", N, ") must be a positive multiple of 16");
+  TORCH_CHECK(group_size >= 1, "pointwise: group_size must be at least 1, got ", group_size);
   TORCH_CHECK(experts.dim() == 4 && experts.scalar_type() == at::kFloat && experts.is_contiguous() &&
               experts.size(0) == panels && experts.size(1) == K && experts.size(3) == kPanel,
               "pointwise: experts must be a contiguous float32 [", panels, ", ", K, ", E, ", kPanel, "] tensor");
@@ -366,35 +448,48 @@ at::Tensor pointwise(const at::Tensor& x, const at::Tensor& experts, const at::T
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
   const float* gp = gate.defined() ? gate.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
-  // Work items (panel, sample, pixel part), panel-major: a thread's run keeps one panel's expert slice (K*E*48
-  // floats) in L2 while it mixes that panel for sample after sample. Where (panel, sample) pairs are few for the
-  // threads (batch 1), the pixels are split too, in parts of whole 7- or 8-pixel blocks; a part mixes its panel
-  // unless the same thread mixed it for the part before.
-  const int64_t pairs = panels * B, threads = at::get_num_threads(), block = M % 7 == 0 ? 7 : 8;
+  // Work items (panel, group of samples, pixel part), panel-major. A group's kernels are mixed together, each
+  // expert vector loaded once for its G samples: the experts are read once per group instead of once per sample
+  // (8 experts at batch 32 read them from L3 32 times over). The group's mixed panels cover a range of kc input
+  // channels at a time so that they stay in L2; the GEMM then runs over each range in turn, its partial sums kept
+  // in the output. Where (panel, group) pairs are few for the threads (batch 1), the pixels are split too, in
+  // parts of whole 7- or 8-pixel blocks; a part mixes its panel unless the same thread mixed it for the part before.
+  const int64_t G = std::min(B, group_size), groups = (B + G - 1) / G;
+  const int64_t kc = G == 1 ? K : std::max<int64_t>(16, std::min(K, kGroupPanelFloats / (G * kPanel)));
+  const int64_t pairs = panels * groups, threads = at::get_num_threads(), block = M % 7 == 0 ? 7 : 8;
   const int64_t parts = pairs >= 4 * threads ? 1 : std::max<int64_t>(1, std::min((4 * threads + pairs - 1) / pairs,
                                                                                   M / block));
   const int64_t part_len = (M / block + parts - 1) / parts * block;
   at::parallel_for(0, pairs * parts, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> panel(K * kPanel);
-    int64_t mixed = -1;  // the (panel, sample) pair in the buffer
+    std::vector<float> buffer(G * kc * kPanel);
+    int64_t mixed = -1;  // the (panel, group) pair in the buffer, when it holds all K rows
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t pair = i / parts, j = pair / B, b = pair % B, m0 = (i % parts) * part_len;
-      const int64_t m1 = (i % parts == parts - 1) ? M : std::min(M, m0 + part_len);
+      const int64_t pair = i / parts, j = pair / groups, b0 = (pair % groups) * G, g = std::min(G, B - b0);
+      const int64_t m0 = (i % parts) * part_len, m1 = (i % parts == parts - 1) ? M : std::min(M, m0 + part_len);
       if (m0 >= m1) continue;
       int64_t v0, nv;
       panel_span(nvec, panels, j, v0, nv);
       const int64_t n0 = v0 * L;
-      if (pair != mixed) {
-        mix_panel(ep + j * K * E * kPanel, rp + b * E, gp ? gp + b * K : nullptr, E, K, nv, panel.data());
-        mixed = pair;
-      }
-      const float* bb = bp ? (bias_per_sample ? bp + b * N : bp) + n0 : nullptr;
-      const float* a = xp + (b * M + m0) * K;
-      float* o = op + (b * M + m0) * N + n0;
-      switch (nv) {
-        case 3: pw_panel<3>(a, m1 - m0, K, panel.data(), bb, o, N, silu); break;
-        case 2: pw_panel<2>(a, m1 - m0, K, panel.data(), bb, o, N, silu); break;
-        default: pw_panel<1>(a, m1 - m0, K, panel.data(), bb, o, N, silu); break;
+      for (int64_t k0 = 0; k0 < K; k0 += kc) {
+        const int64_t kn = std::min(kc, K - k0);
+        if (kn < K || pair != mixed) {
+          mix_panels(g, ep + (j * K + k0) * E * kPanel, rp + b0 * E, gp ? gp + b0 * K + k0 : nullptr, K, E, kn, nv,
+                     buffer.data());
+          mixed = kn < K ? -1 : pair;
+        }
+        for (int64_t s = 0; s < g; ++s) {
+          const int64_t b = b0 + s;
+          const float* bb = bp ? (bias_per_sample ? bp + b * N : bp) + n0 : nullptr;
+          const float* a = xp + (b * M + m0) * K + k0;
+          const float* p = buffer.data() + s * kn * kPanel;
+          float* o = op + (b * M + m0) * N + n0;
+          const bool first = k0 == 0, last = k0 + kn == K;
+          switch (nv) {
+            case 3: pw_range<3>(a, K, m1 - m0, kn, p, bb, o, N, first, last, silu); break;
+            case 2: pw_range<2>(a, K, m1 - m0, kn, p, bb, o, N, first, last, silu); break;
+            default: pw_range<1>(a, K, m1 - m0, kn, p, bb, o, N, first, last, silu); break;
+          }
+        }
       }
     }
   });
@@ -448,7 +543,8 @@ TORCH_LIBRARY(cc_condconv, m) {
   m.def("depthwise(Tensor x, Tensor experts, Tensor routing, Tensor? bias, int kh, int kw, int stride, int pad_t, "
         "int pad_l, int Ho, int Wo, bool silu) -> Tensor");
   m.def("bias_silu_(Tensor(a!) out, Tensor? bias) -> Tensor(a!)");
-  m.def("pointwise(Tensor x, Tensor experts, Tensor routing, Tensor? bias, Tensor? gate, int N, bool silu) -> Tensor");
+  m.def("pointwise(Tensor x, Tensor experts, Tensor routing, Tensor? bias, Tensor? gate, int N, bool silu, "
+        "int group_size) -> Tensor");
 }
 TORCH_LIBRARY_IMPL(cc_condconv, CPU, m) {
   m.impl("depthwise", depthwise);

@@ -7,9 +7,10 @@ so timm checkpoints load unchanged. The routing weights are computed once per
 block and passed in, because the block's three CondConvs share them.
 
 Compute, chosen by measurement on CPU (``bench/layer_timing.py``):
-* 1x1, stride 1, ungrouped, in a fused model on an AVX-512 CPU (4 experts, or 8 at batch 1-2): the C++ GEMM of
-  ``cc_models.cpu_kernels.pointwise``, each sample's kernel mixed panel by panel in cache as the GEMM's packing step,
-  with an optional per-sample input-channel ``gate`` (the SE gate before a projection) folded into the kernel's rows.
+* 1x1, stride 1, ungrouped, in a fused model on an AVX-512 CPU: the C++ GEMM of ``cc_models.cpu_kernels.pointwise``,
+  each sample's kernel mixed panel by panel in cache as the GEMM's packing step (the samples of a group together
+  where the experts do not stay in L2), with an optional per-sample input-channel ``gate`` (the SE gate before a
+  projection) folded into the kernel's rows.
 * 1x1, stride 1, ungrouped, otherwise: mix the kernels per sample, then one batched matmul
   ``[B, Cout, Cin] @ [B, Cin, H*W]``: 0.24-0.74x the time of timm's batch-grouped
   convolution at batch 32 and 0.38-0.94x at batch 1 (2 threads, B0 shapes). On a channels_last
