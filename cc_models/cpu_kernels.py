@@ -267,7 +267,29 @@ def pointwise(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor, bias: to
         group_size(layer.in_channels, layer.num_experts, layer.out_channels, x.shape[0], torch.get_num_threads()))
 
 
-GROUP_SLICE_BYTES = 3 << 19  # 1.5 MiB: a panel's expert slice above this does not stay in a 2 MiB L2
+L2_DEFAULT = 2 << 20  # where the cache size cannot be read: the 2 MiB of the Xeon these rules were measured on
+
+
+@functools.lru_cache(maxsize=1)
+def l2_bytes() -> int:
+    """This CPU's L2 per core, from Linux's sysfs (the level-2 data or unified cache), else :data:`L2_DEFAULT`."""
+    return read_l2_bytes("/sys/devices/system/cpu/cpu0/cache")
+
+
+def read_l2_bytes(cache_dir: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    for index in sorted(Path(cache_dir).glob("index*")):
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if level == "2" and kind in ("Data", "Unified") and size:
+            number, unit = (size[:-1], size[-1]) if size[-1] in units else (size, "")
+            if number.isdigit() and int(number) > 0:
+                return int(number) * units.get(unit, 1)
+    return L2_DEFAULT
 
 
 def group_size(in_channels: int, experts: int, out_channels: int, batch: int, threads: int) -> int:
@@ -275,10 +297,11 @@ def group_size(in_channels: int, experts: int, out_channels: int, batch: int, th
 
     A sample's mix reads the panel's slice of every expert (Cin x E x 48 floats). Where that slice stays in L2 the
     next sample reads it again from there, and grouping only adds the partial sums' round trips (B0's layers with
-    4 experts: 0.85-1.02x); where it does not (1152 input channels with 8 experts: 1.77 MB) every sample reads it
-    from L3, and groups of 8 ran B0's two such layers 1.45-1.6x as fast at batch 32. Groups stay small enough to
-    leave every thread at least four (panel, group) pairs: at batch 8, groups of 4 beat groups of 8 by 1.1x."""
-    if in_channels * experts * PANEL * 4 <= GROUP_SLICE_BYTES:
+    4 experts: 0.85-1.02x); where it does not (1152 input channels with 8 experts: 1.77 MB, against a 2 MiB L2)
+    every sample reads it from L3, and groups of 8 ran B0's two such layers 1.45-1.6x as fast at batch 32. The
+    line is three quarters of this CPU's L2 (:func:`l2_bytes`). Groups stay small enough to leave every thread at
+    least four (panel, group) pairs: at batch 8, groups of 4 beat groups of 8 by 1.1x."""
+    if in_channels * experts * PANEL * 4 <= l2_bytes() * 3 // 4:
         return 1
     panels = len(panel_spans(out_channels))
     for size in (8, 4, 2):

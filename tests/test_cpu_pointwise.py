@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -212,8 +213,9 @@ def test_grouped_mix_matches_per_sample_convolution(group, experts, cin, cout, h
     torch.testing.assert_close(out.double(), _oracle(layer, x, routing, gate), atol=5e-5, rtol=5e-5)
 
 
-def test_group_size_rule():
-    # a panel's expert slice (Cin x E x 48 floats) that stays in L2 keeps one sample at a time
+def test_group_size_rule(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "l2_bytes", lambda: 2 << 20)  # the Xeon the rule was measured on
+    # a panel's expert slice (Cin x E x 48 floats) within three quarters of L2 keeps one sample at a time
     assert cpu_kernels.group_size(672, 8, 192, 32, 2) == 1  # 1.03 MB
     assert cpu_kernels.group_size(1152, 4, 320, 32, 2) == 1  # 0.88 MB
     # 1.77 MB: groups as large as leave each of the threads four (panel, group) pairs
@@ -222,6 +224,27 @@ def test_group_size_rule():
     assert cpu_kernels.group_size(1152, 8, 192, 8, 4) == 2
     assert cpu_kernels.group_size(1152, 8, 192, 2, 2) == 1  # batch 2: too few pairs to group at all
     assert cpu_kernels.group_size(1152, 8, 320, 1, 1) == 1
+    # a CPU with 1 MiB of L2 groups the slices of 0.88 and 1.03 MB too
+    monkeypatch.setattr(cpu_kernels, "l2_bytes", lambda: 1 << 20)
+    assert cpu_kernels.group_size(672, 8, 192, 32, 2) == 8
+    assert cpu_kernels.group_size(1152, 4, 320, 32, 2) == 8
+    assert cpu_kernels.group_size(192, 8, 1152, 32, 2) == 1  # 0.29 MB
+
+
+def test_l2_size_comes_from_sysfs(tmp_path):
+    for name, (level, kind, size) in {"index0": ("1", "Data", "48K"), "index1": ("1", "Instruction", "64K"),
+                                      "index2": ("2", "Unified", "1280K"), "index3": ("3", "Unified", "480M")}.items():
+        for field, value in (("level", level), ("type", kind), ("size", size)):
+            (tmp_path / name).mkdir(exist_ok=True)
+            (tmp_path / name / field).write_text(value + "\n")
+    assert cpu_kernels.read_l2_bytes(str(tmp_path)) == 1280 << 10
+    (tmp_path / "index2" / "size").write_text("garbage\n")
+    assert cpu_kernels.read_l2_bytes(str(tmp_path)) == cpu_kernels.L2_DEFAULT
+    assert cpu_kernels.read_l2_bytes(str(tmp_path / "missing")) == cpu_kernels.L2_DEFAULT
+    # this machine's, against glibc's reading of the same cache where it has one
+    reported = os.sysconf("SC_LEVEL2_CACHE_SIZE") if "SC_LEVEL2_CACHE_SIZE" in os.sysconf_names else 0
+    if Path("/sys/devices/system/cpu/cpu0/cache").is_dir() and reported > 0:
+        assert cpu_kernels.l2_bytes() == reported
 
 
 def test_the_library_reports_the_instruction_set_it_was_built_for():
