@@ -224,6 +224,9 @@ def test_a_regression_is_judged_against_the_host_reference(ours, host, regressio
     assert changes["change"] == pytest.approx(ours - 1) and changes["host_change"] == pytest.approx(host - 1)
     assert changes["relative_change"] == pytest.approx(ours / host - 1)
     assert f"{ours / host - 1:+.1%} relative to the host reference" in how
+    # extreme host changes stay finite (a host a billion billion times faster then: 1 + change rounds to 0)
+    slower, changes, _ = judge(50.0, 50.0, "ref", {**prev, "images_per_s": 1e9, "reference_images_per_s": 1e18})
+    assert not slower and changes["relative_change"] == pytest.approx(1e9 - 1)
     # without the same reference on both sides the figures themselves are compared
     for reference, label, note in ((None, None, "no host reference timed"), (200.0, "other", "no host reference then")):
         slower, changes, how = judge(100.0 * ours, reference, label, prev)

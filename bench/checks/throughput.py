@@ -82,7 +82,9 @@ def judge(images_per_s: float, reference_images_per_s: float | None, reference: 
     if reference and reference_images_per_s and prev.get("reference") == reference \
             and prev.get("reference_images_per_s"):
         host = reference_images_per_s / prev["reference_images_per_s"] - 1
-        relative = (1 + change) / (1 + host) - 1
+        # the ratio of ratios, not (1 + change) / (1 + host): a host change near -100% rounds 1 + host to 0
+        before = prev["images_per_s"] / prev["reference_images_per_s"]
+        relative = (images_per_s / reference_images_per_s) / before - 1 if before else math.inf
         changes.update(host_change=host, relative_change=relative)
         return relative < -REGRESSION_DROP, changes, (
             f"{relative:+.1%} relative to the host reference timed beside it ({change:+.1%} in images/s, the "
