@@ -221,10 +221,10 @@ def _experts_panels(layer: nn.Module) -> torch.Tensor:
     :func:`panel_spans` and zero-padded to 48 columns: one panel's slice of every expert is one contiguous stream
     for the kernel's mix."""
     e, k, n = layer.num_experts, layer.in_channels, layer.out_channels
-    spans = panel_spans(n)
 
     def build(w: torch.Tensor) -> torch.Tensor:
         # copied straight into place: one copy of the experts alive at a time, not a padded one besides
+        spans = panel_spans(n)
         w = w.view(e, k, n)
         out = w.new_zeros(len(spans), k, e, PANEL)
         for j, (start, width) in enumerate(spans):
