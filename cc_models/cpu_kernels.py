@@ -38,6 +38,8 @@ import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from cc_models import hugepages
+
 SOURCE = Path(__file__).parent / "csrc" / "condconv_cpu.cpp"
 ENV_SWITCH = "CC_MODELS_CPU_KERNELS"
 # -march=native: built where it runs (the build name carries the CPU's flags); -ffp-contract=fast: FMAs;
@@ -223,10 +225,11 @@ def _experts_panels(layer: nn.Module) -> torch.Tensor:
     e, k, n = layer.num_experts, layer.in_channels, layer.out_channels
 
     def build(w: torch.Tensor) -> torch.Tensor:
-        # copied straight into place: one copy of the experts alive at a time, not a padded one besides
+        # copied straight into place: one copy of the experts alive at a time, not a padded one besides. In huge
+        # pages: at batch 1 the kernel streams all of them once per pass (see cc_models.hugepages).
         spans = panel_spans(n)
         w = w.view(e, k, n)
-        out = w.new_zeros(len(spans), k, e, PANEL)
+        out = hugepages.zeros((len(spans), k, e, PANEL))
         for j, (start, width) in enumerate(spans):
             out[j, :, :, :width].copy_(w[:, :, start:start + width].permute(1, 0, 2))
         return out

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import cc_models
-from cc_models import cpu_kernels
+from cc_models import cpu_kernels, hugepages
 from cc_models.fuse import _experts_in_out_
 from cc_models.layers import CondConv2d
 
@@ -142,6 +142,24 @@ def test_expert_panels_follow_weight_updates(calls):
         out = layer(x, routing)
     assert calls["pointwise"] == 2
     torch.testing.assert_close(out.double(), _oracle(layer, x, routing, None), atol=2e-5, rtol=2e-5)
+
+
+@needs_kernel
+@pytest.mark.skipif(not hugepages.available(), reason="no transparent huge pages on this system")
+@pytest.mark.parametrize("huge", [True, False])
+def test_expert_panels_live_in_huge_pages(huge, calls, monkeypatch):
+    if not huge:
+        monkeypatch.setenv(hugepages.ENV_SWITCH, "0")
+    layer = _layer(1152, 320, 8, seed=14)  # B0's last projection: 7 panels x 1152 x 8 x 48 floats, 12.4 MB
+    x = torch.randn(1, 1152, 7, 7).contiguous(memory_format=torch.channels_last)
+    routing = torch.rand(1, 8)
+    with torch.inference_mode():
+        out = layer(x, routing)
+    panels = cpu_kernels._experts_panels(layer)
+    assert calls["pointwise"] == 1
+    assert hugepages.advised(panels) is huge
+    assert (hugepages.huge_bytes(panels) >= 4 * hugepages.HUGE_PAGE) is huge
+    torch.testing.assert_close(out.double(), _oracle(layer, x, routing, None), atol=5e-5, rtol=5e-5)
 
 
 @needs_kernel
