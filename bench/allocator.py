@@ -4,8 +4,9 @@
                               [--allocators default,tuned,jemalloc,tcmalloc]
 
 The allocator is per process, so each setting gets its own worker process
-(``default``: glibc as started; ``tuned``: ``cc_models.runtime.tune_cpu``;
-``jemalloc``/``tcmalloc``: Debian's library in ``LD_PRELOAD``, when installed).
+(``default``: glibc as started; ``tuned``: ``cc_models.runtime.tune_cpu``, glibc's thresholds raised and
+torch's large blocks in transparent huge pages; ``thresholds``: the glibc thresholds alone;
+``jemalloc``/``tcmalloc``: Debian's library in ``LD_PRELOAD``, when installed, with ``tune_cpu``'s huge pages).
 Every worker builds the same model in the same form (ours: fused +
 channels_last; timm: channels_last), with the same threads and denormals
 flushed, and waits. The parent then asks them in turn, one at a time and in
@@ -28,9 +29,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from cc_models.runtime import THP_ENV
+
 EXIT_OK, EXIT_USAGE = 0, 2
 PRELOADS = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}
 LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
+ALLOCATORS = ("default", "thresholds", "tuned", *PRELOADS)
+HUGE_PAGES = ("tuned", *PRELOADS)  # the settings whose worker has torch advise huge pages (tune_cpu's default)
 TARGET_TUNED_VS_DEFAULT = 1.5  # issue 9: ours at least 1.5x its own default-allocator figure
 
 
@@ -52,7 +57,7 @@ def _worker(allocator: str, model_id: str, impl: str, threads: int, batch_sizes:
     from cc_models.runtime import tune_cpu
 
     # Only the allocator differs between workers: threads and denormals are set the same way in all.
-    state = tune_cpu(threads, allocator=allocator == "tuned")
+    state = tune_cpu(threads, allocator=allocator in ("tuned", "thresholds"), huge_pages=allocator in HUGE_PAGES)
     import cc_models
 
     torch.manual_seed(0)
@@ -86,6 +91,7 @@ def _worker(allocator: str, model_id: str, impl: str, threads: int, batch_sizes:
 class Worker:
     def __init__(self, allocator: str, model_id: str, impl: str, threads: int, batch_sizes: Sequence[int]) -> None:
         env = dict(os.environ)
+        env.pop(THP_ENV, None)  # a parent that ran tune_cpu has it set; each worker's setting decides
         if allocator in PRELOADS:
             env["LD_PRELOAD"] = preload_path(allocator)
         cmd = [sys.executable, "-m", "bench.allocator", "--worker", allocator, model_id, "--impl", impl,
@@ -150,8 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.allocator", description=__doc__.split("\n\n")[0])
     p.add_argument("ids", nargs="*", metavar="ID", help="model ids (default: the three index variants)")
     p.add_argument("--impl", default="ours", help="comma-separated: ours (fused + channels_last), timm (channels_last)")
-    p.add_argument("--allocators", default="default,tuned", help="comma-separated: default, tuned, jemalloc, tcmalloc "
-                   "(ratios are against the first)")
+    p.add_argument("--allocators", default="default,tuned", help="comma-separated: default, thresholds, tuned, "
+                   "jemalloc, tcmalloc (ratios are against the first)")
     p.add_argument("--batch-sizes", default="1,32")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=9)
@@ -168,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     impls = args.impl.split(",")
     allocators = args.allocators.split(",")
     bad = [i for i in impls if i not in ("ours", "timm")] + [a for a in allocators
-                                                             if a not in ("default", "tuned", *PRELOADS)]
+                                                             if a not in ALLOCATORS]
     if bad:
         print(f"{p.prog}: unknown --impl/--allocators value(s): {', '.join(bad)}", file=sys.stderr)
         return EXIT_USAGE

@@ -29,13 +29,17 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from cc_models import hugepages
+
 GIB = 1 << 30
+THP_ENV = "THP_MEM_ALLOC_ENABLE"
 # mallopt parameter numbers from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _PRELOADED = {"jemalloc": "libjemalloc", "tcmalloc": "libtcmalloc"}
 
 _glibc_tuned: dict[str, int] = {}  # what tune_cpu set through mallopt in this process
+_torch_thp: bool | None = None  # torch_huge_pages(), once probed
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,13 @@ def allocator_setting() -> str:
 
     ``"glibc-tuned(mmap_threshold=1GiB,trim_threshold=1GiB)"`` after :func:`tune_cpu`,
     ``"glibc-tunables(...)"`` when set from the environment, ``"glibc-default"``,
-    ``"jemalloc(LD_PRELOAD)"``/``"tcmalloc(LD_PRELOAD)"``, or ``"system(<platform>)"`` elsewhere.
+    ``"jemalloc(LD_PRELOAD)"``/``"tcmalloc(LD_PRELOAD)"``, or ``"system(<platform>)"`` elsewhere; with
+    ``"+thp"`` when torch's allocator advises huge pages (:func:`torch_huge_pages`).
     """
+    return _malloc_setting() + ("+thp" if torch_huge_pages() else "")
+
+
+def _malloc_setting() -> str:
     preloaded = _preloaded_allocator()
     if preloaded:
         return f"{preloaded}(LD_PRELOAD)"
@@ -128,6 +137,44 @@ def tune_glibc_malloc(mmap_threshold: int = GIB, trim_threshold: int = GIB) -> s
     return None
 
 
+def enable_torch_huge_pages() -> str | None:
+    """Have torch's CPU allocator advise ``MADV_HUGEPAGE`` for its blocks of 2 MiB and more: it reads
+    ``THP_MEM_ALLOC_ENABLE`` once, at its first allocation, so this sets it for one probe allocation (the
+    environment is restored after: child processes do not inherit it). None when in effect, else why
+    not. Large activations then cost a TLB entry per 2 MiB instead of per 4 KiB: ``python -m bench.allocator``
+    measures it against the glibc thresholds alone."""
+    if not hugepages.available():
+        return f"no transparent huge pages here ({hugepages.THP_SETTING}): torch's allocator left as is"
+    value = os.environ.get(THP_ENV)
+    if value is not None and value.strip().lower() in ("0", "false", "off", "no", ""):
+        return f"{THP_ENV}={value!r} in the environment: torch's huge pages left off"
+    os.environ[THP_ENV] = "1"
+    try:
+        on = torch_huge_pages()  # its probe allocation makes torch decide, if it has not already
+    finally:  # decided for good now: child processes should not inherit the switch
+        if value is None:
+            del os.environ[THP_ENV]
+        else:
+            os.environ[THP_ENV] = value
+    if on:
+        return None
+    return (f"torch allocated before tune_cpu, so its allocator keeps 4 KiB pages; call tune_cpu first or set "
+            f"{THP_ENV}=1 in the environment")
+
+
+def torch_huge_pages() -> bool:
+    """Whether torch's CPU allocator advises huge pages in this process (``hg`` on a fresh 4 MiB block's
+    mapping). Torch decides once, at its first allocation, from ``THP_MEM_ALLOC_ENABLE``: unless it is set (or
+    :func:`enable_torch_huge_pages` probed already) the answer is no and nothing is allocated to find out, since
+    asking first must not lock torch's choice; otherwise one probe decides and the answer is kept."""
+    global _torch_thp
+    if _torch_thp is None:
+        if os.environ.get(THP_ENV, "").strip().lower() not in ("1", "true", "on", "yes") or not hugepages.available():
+            return False
+        _torch_thp = hugepages.advised(torch.empty(2 * hugepages.HUGE_PAGE, dtype=torch.uint8))
+    return _torch_thp
+
+
 def cpu_state() -> CpuState:
     """The allocator, threads and denormal handling in effect now (changes nothing)."""
     return CpuState(allocator=allocator_setting(), threads=torch.get_num_threads(),
@@ -139,11 +186,15 @@ def _flushes_denormals() -> bool:
     return bool((tiny * 1.0).item() == 0.0)
 
 
-def tune_cpu(threads: int | None = None, *, allocator: bool = True, flush_denormals: bool = True) -> CpuState:
+def tune_cpu(threads: int | None = None, *, allocator: bool = True, huge_pages: bool = True,
+             flush_denormals: bool = True) -> CpuState:
     """Set this process up for fast CPU inference and say what was done. Idempotent; safe anywhere.
 
     * ``allocator``: raise glibc malloc's mmap and trim thresholds to 1 GiB (Linux/glibc; a
       preloaded jemalloc/tcmalloc is left alone). Call before the models and inputs allocate.
+    * ``huge_pages``: have torch's CPU allocator advise transparent huge pages for its blocks of 2 MiB
+      and more (:func:`enable_torch_huge_pages`). Torch decides at its first CPU allocation, so this
+      only takes effect when ``tune_cpu`` comes before any tensor; the notes say when it came too late.
     * ``threads``: ``torch.set_num_threads(threads)``; None keeps torch's (one per core).
     * ``flush_denormals``: treat float32 denormals as zero (``torch.set_flush_denormal``); denormal
       arithmetic is up to 100x slower on x86 and changes no result beyond ~1e-38.
@@ -153,6 +204,10 @@ def tune_cpu(threads: int | None = None, *, allocator: bool = True, flush_denorm
     notes = []
     if allocator:
         why_not = tune_glibc_malloc()
+        if why_not:
+            notes.append(why_not)
+    if huge_pages:
+        why_not = enable_torch_huge_pages()
         if why_not:
             notes.append(why_not)
     if threads is not None:

@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 
 from bench_support import cc_bench, offline_env, run_records
+from cc_models import hugepages
+from cc_models.runtime import THP_ENV
 
 TUNED = "glibc-tuned(mmap_threshold=1GiB,trim_threshold=1GiB)"
+THP = "+thp" if hugepages.available() else ""  # tune_cpu's huge pages for torch, where the system has them
+needs_thp = pytest.mark.skipif(not hugepages.available(), reason="no transparent huge pages on this system")
 TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
 glibc_only = pytest.mark.skipif(not sys.platform.startswith("linux") or os.confstr("CS_GNU_LIBC_VERSION") is None,
                                 reason="glibc malloc tuning is Linux/glibc only")
@@ -33,9 +37,10 @@ print(json.dumps({"before": before, "state": state, "again": again, "faults": fa
 """
 
 
-def _probe(mode: str, **env: str) -> dict:
-    proc = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
+def _probe(mode: str, probe: str = PROBE, **env: str) -> dict:
+    clean = {k: v for k, v in os.environ.items() if k != THP_ENV}  # set here if this process ran tune_cpu
+    proc = subprocess.run([sys.executable, "-c", probe, mode], capture_output=True, text=True, timeout=120,
+                          env={**clean, **env})
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -48,7 +53,7 @@ def test_tuned_glibc_stops_the_page_faults_per_allocation():
     assert default["state"]["allocator"] == "glibc-default" and default["faults"] > 12000
     assert tuned["before"] == "glibc-default"
     assert tuned["state"] == tuned["again"], "tune_cpu is idempotent"
-    assert tuned["state"]["allocator"] == TUNED and tuned["faults"] < 4000
+    assert tuned["state"]["allocator"] == TUNED + THP and tuned["faults"] < 4000
     assert tuned["state"]["threads"] == 1 and tuned["state"]["flush_denormals"] is True
     assert tuned["state"]["notes"] == []
 
@@ -61,10 +66,47 @@ def test_allocator_set_from_the_environment_is_reported():
     assert probe["faults"] < 4000
 
 
+# tune_cpu, then a 64 MiB activation-sized tensor: does torch's allocator advise huge pages for it, and does the
+# kernel back it with them? "late": a tensor exists before tune_cpu; "off": huge_pages=False.
+HUGE_PROBE = """
+import json, os, sys, torch
+import cc_models.runtime as rt
+from cc_models import hugepages
+if sys.argv[1] == "late":
+    torch.ones(8)
+state = rt.tune_cpu(threads=1, huge_pages=sys.argv[1] != "off").to_dict()
+x = torch.empty(16 << 20).fill_(1.0)
+print(json.dumps({"state": state, "advised": hugepages.advised(x), "huge": hugepages.huge_bytes(x),
+                  "env": os.environ.get("THP_MEM_ALLOC_ENABLE")}))
+"""
+
+
+@needs_thp
+def test_tune_cpu_puts_torchs_large_blocks_in_huge_pages():
+    probe = _probe("first", HUGE_PROBE)
+    assert probe["state"]["allocator"].endswith("+thp") and probe["state"]["notes"] == []
+    assert probe["advised"] and probe["huge"] >= 16 * hugepages.HUGE_PAGE  # of the tensor's 32 huge pages
+
+
+@needs_thp
+def test_huge_pages_too_late_say_so_and_stay_off():
+    probe = _probe("late", HUGE_PROBE)
+    assert not probe["state"]["allocator"].endswith("+thp") and not probe["advised"]
+    assert any("torch allocated before tune_cpu" in note for note in probe["state"]["notes"])
+
+
+@needs_thp
+def test_huge_pages_opt_out():
+    probe = _probe("off", HUGE_PROBE)
+    assert not probe["state"]["allocator"].endswith("+thp") and not probe["advised"] and probe["env"] is None
+    off = _probe("first", HUGE_PROBE, **{THP_ENV: "0"})
+    assert not off["advised"] and "left off" in off["state"]["notes"][-1]
+
+
 @pytest.mark.skipif(not TCMALLOC.exists(), reason="Debian's libtcmalloc-minimal4 is not installed")
 def test_preloaded_tcmalloc_is_left_alone_and_named():
     probe = _probe("tune", LD_PRELOAD=str(TCMALLOC))
-    assert probe["state"]["allocator"] == "tcmalloc(LD_PRELOAD)"
+    assert probe["state"]["allocator"] == "tcmalloc(LD_PRELOAD)" + THP
     assert "preloaded" in probe["state"]["notes"][0]
 
 
@@ -77,7 +119,7 @@ def test_bad_thread_count_is_refused():
 
 @pytest.mark.slow
 @glibc_only
-@pytest.mark.parametrize("flag, allocator", [([], TUNED), (["--no-tune-cpu"], "glibc-default")])
+@pytest.mark.parametrize("flag, allocator", [([], TUNED + THP), (["--no-tune-cpu"], "glibc-default")])
 def test_cc_bench_run_records_the_allocator(tmp_path, flag, allocator):
     proc = cc_bench(["run", "tf_efficientnet_cc_b0_4e", "--checks", "params", "--threads", "1", *flag],
                     cwd=tmp_path, env=offline_env(tmp_path))
