@@ -17,7 +17,9 @@ On CPU the contenders are ours (``model.eval().fuse()``, channels_last), the
 strongest timm forms (eager NCHW, channels_last, traced + frozen +
 ``optimize_for_inference``), and our builder's plain EfficientNet-B0/B1 (no
 CondConv, same inference form): ours / plain is CondConv's own overhead.
-``ratio`` is ours against the fastest timm form. On CUDA: ours, plain and timm
+``ratio`` is ours against the fastest timm form (ratio of medians); each ratio is printed with the first and
+third quartiles of the same ratio round by round ("[rounds q1-q3]"), which shows how far the host moved
+it within the run. On CUDA: ours, plain and timm
 channels_last under AMP. ONNX Runtime serving our exported model joins on CPU
 when the onnx extra is installed (exported in a child process, see
 ``bench.onnx_runtime``). Peak memory is each model's own child process's peak
@@ -102,12 +104,27 @@ class Row:
     ratio: float = field(init=False)
     plain: float | None = field(init=False)
     ratio_vs_plain: float | None = field(init=False)
+    # quartiles of the same ratios round by round (each round times every contender once, back to back): how far
+    # the host moved them within the run; None below two rounds
+    ratio_quartiles: tuple[float, float] | None = field(init=False)
+    ratio_vs_plain_quartiles: tuple[float, float] | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.ours, self.timm = self.images_per_s["ours"], self.images_per_s[self.timm_form]
         self.ratio = self.ours / self.timm
         self.plain = self.images_per_s.get("plain")
         self.ratio_vs_plain = self.ours / self.plain if self.plain else None
+        self.ratio_quartiles = round_ratio_quartiles(self.times_s, self.timm_form)
+        self.ratio_vs_plain_quartiles = round_ratio_quartiles(self.times_s, "plain") if self.plain else None
+
+
+def round_ratio_quartiles(times_s: dict[str, list[float]], other: str) -> tuple[float, float] | None:
+    """First and third quartiles of ours' speed over ``other``'s, round by round (its time over ours)."""
+    ratios = [t_other / t_ours for t_ours, t_other in zip(times_s.get("ours", ()), times_s.get(other, ()))]
+    if len(ratios) < 2:
+        return None
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return q1, q3
 
 
 @dataclass
@@ -514,15 +531,20 @@ def _target(value: float | None, target: float | None) -> str:
     return f" (target >= {target:.1f}x: {'met' if value >= target else 'NOT met'})"
 
 
+def _spread(quartiles: tuple[float, float] | None) -> str:
+    return f" [rounds {quartiles[0]:.2f}-{quartiles[1]:.2f}]" if quartiles else ""
+
+
 def format_row(r: Row) -> str:
     gpu = r.dtype.endswith("-amp")
     target = (TARGETS_GPU if gpu else TARGETS_CPU).get(r.batch_size)
     others = ", ".join(f"{n} {v:.2f}" for n, v in r.images_per_s.items() if n != "ours")
     graph = " (CUDA graph)" if "graph" in r.ours_form else ""
     text = (f"{r.model_id} bs={r.batch_size} {r.dtype}: ours{graph} {r.ours:.2f} img/s ({others}); "
-            f"ours / best timm ({r.timm_form}) {r.ratio:.2f}x{_target(r.ratio, target)}")
+            f"ours / best timm ({r.timm_form}) {r.ratio:.2f}x{_spread(r.ratio_quartiles)}{_target(r.ratio, target)}")
     if r.ratio_vs_plain is not None:
-        text += f"; ours / plain {r.ratio_vs_plain:.2f}x{'' if gpu else _target(r.ratio_vs_plain, TARGET_VS_PLAIN)}"
+        text += (f"; ours / plain {r.ratio_vs_plain:.2f}x{_spread(r.ratio_vs_plain_quartiles)}"
+                 f"{'' if gpu else _target(r.ratio_vs_plain, TARGET_VS_PLAIN)}")
     if "timm_plain" in r.images_per_s:
         vs = r.ours / r.images_per_s["timm_plain"]
         text += f"; ours / timm {r.plain_id} {vs:.2f}x{_target(vs, TARGET_VS_PLAIN_GPU)}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import statistics
 
 import pandas as pd
 import pytest
@@ -19,6 +20,22 @@ def test_plain_reference_names():
     assert compare.plain_reference("tf_efficientnet_cc_b0_4e") == "tf_efficientnet_b0"
     assert compare.plain_reference("tf_efficientnet_cc_b1_8e") == "tf_efficientnet_b1"
     assert compare.plain_reference("resnet50") is None
+
+
+def test_rows_give_the_spread_of_their_ratios_round_by_round():
+    # ours 1 s every round; plain's time gives ours / plain 0.8, 0.9, 0.9, 1.0, 1.1 by round (shuffled), whose
+    # quartiles (the "exclusive" method: positions 1.5 and 4.5 of 5) are 0.85 and 1.05
+    times = {"ours": [1.0] * 5, "timm_eager": [2.0] * 5, "plain": [0.9, 1.1, 0.8, 1.0, 0.9]}
+    row = compare.Row("tf_efficientnet_cc_b0_4e", 1, "float32", {n: 1 / statistics.median(t) for n, t in times.items()},
+                      times, "timm_eager", "tf_efficientnet_b0")
+    assert row.ratio_vs_plain == pytest.approx(0.9) and row.ratio_vs_plain_quartiles == pytest.approx((0.85, 1.05))
+    assert row.ratio_quartiles == pytest.approx((2.0, 2.0))
+    text = compare.format_row(row)
+    assert "ours / plain 0.90x [rounds 0.85-1.05]" in text
+    assert "ours / best timm (timm_eager) 2.00x [rounds 2.00-2.00]" in text
+    one_round = compare.Row("m", 1, "float32", {"ours": 1.0, "timm_eager": 0.5}, {"ours": [1.0], "timm_eager": [2.0]},
+                            "timm_eager", None)
+    assert one_round.ratio_quartiles is None and "[rounds" not in compare.format_row(one_round)
 
 
 @pytest.mark.slow
