@@ -4,7 +4,10 @@ ordinary 4 KiB pages, and our plain model (one expert) beside both: interleaved 
     python -m bench.huge_pages [ID ...] [--batch-sizes 1,32] [--rounds 40] [--threads 2]
 
 The two CondConv copies share their weights; only where ``cc_models.hugepages`` put the layouts differs
-(``CC_MODELS_HUGE_PAGES=0`` while the ordinary copy builds its own). Each round times one batch of each
+(``CC_MODELS_HUGE_PAGES=0`` while the ordinary copy builds its own, in torch's memory). ``tune_cpu`` runs without
+its huge pages for torch's blocks (``huge_pages=False``), so the ordinary copy's layouts are in 4 KiB pages:
+with them, torch's allocator would put its large blocks (these layouts too, where its heap memory is fresh) in
+huge pages as well. Each round times one batch of each
 contender in a shuffled order, after ``tune_cpu`` (fp32, channels_last, inference mode). It prints the median
 images/s, huge / ordinary, and each CondConv copy's ratio to the plain model (the issue's CondConv overhead),
 with how much of the layouts the kernel did put in huge pages (``AnonHugePages`` of their mappings).
@@ -102,15 +105,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"no transparent huge pages here ({hugepages.THP_SETTING})"
         print(f"{p.prog}: nothing to compare: {why}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    state = tune_cpu(args.threads)
+    state = tune_cpu(args.threads, huge_pages=False)
     print(f"{state.threads} threads, fp32, channels_last, {state.allocator}; median of {args.rounds} interleaved "
           "rounds", flush=True)
     for model_id in args.ids or cc_models.list_models():
         models = build(model_id, batch_sizes)
-        built = layouts(models["huge"])
-        total = sum(t.numel() * t.element_size() for t in built)
-        huge = sum(min(hugepages.huge_bytes(t), t.numel() * t.element_size()) for t in built)
-        print(f"{model_id}: layouts {total / 2**20:.1f} MiB, {huge / 2**20:.1f} MiB of them in huge pages", flush=True)
+        total = sum(t.numel() * t.element_size() for t in layouts(models["huge"]))
+        huge, ordinary = (sum(min(hugepages.huge_bytes(t), t.numel() * t.element_size()) for t in layouts(models[name]))
+                          for name in ("huge", "ordinary"))
+        print(f"{model_id}: layouts {total / 2**20:.1f} MiB, in huge pages {huge / 2**20:.1f} MiB of the huge copy's "
+              f"and {ordinary / 2**20:.1f} MiB of the ordinary copy's", flush=True)
         size = cc_models.data_config(model_id).input_size
         for bs in batch_sizes:
             x = torch.randn(bs, *size).contiguous(memory_format=torch.channels_last)

@@ -3,6 +3,7 @@ mapping (``/proc/self/smaps``: ``VmFlags`` ``hg`` and ``AnonHugePages``)."""
 from __future__ import annotations
 
 import gc
+import re
 
 import pytest
 import torch
@@ -104,6 +105,7 @@ def test_huge_pages_bench_times_the_two_copies_and_the_plain_model():
                            "--rounds", "2", "--threads", "1"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     layouts, row = proc.stdout.strip().splitlines()[-2:]
-    total, huge = (float(part.split(" MiB")[0].split()[-1]) for part in layouts.split(", "))
+    total, huge, ordinary = (float(v) for v in re.findall(r"([\d.]+) MiB", layouts))
     assert 0 < huge <= total  # B0's pointwise layouts of 2 MiB and more are in huge pages
+    assert ordinary < huge  # the ordinary copy's, in torch's memory without tune_cpu's huge pages
     assert row.strip().startswith("bs=1:") and "huge / ordinary" in row and "/ plain" in row
