@@ -3,7 +3,7 @@
 The CPU kernels' expert layouts are read once per forward pass at batch 1, tens of MB of them (b0_8e: 80 MB), and
 on a 4 KiB page every 4 KiB of that stream is a TLB miss whose page walk is itself a cache miss. In 2 MiB pages
 they read faster: the same model with its pointwise layouts in huge pages ran 1.04-1.15x at batch 1 and
-1.02-1.06x at batch 32 (b0_8e, 2 threads, interleaved in one process; ``bench/huge_pages.py``).
+1.00-1.06x at batch 32 (b0_8e, 2 threads, interleaved in one process; ``bench/huge_pages.py``).
 
 Each tensor gets its own fresh anonymous mapping, advised before it is touched, so the kernel can give it huge
 pages at the first write; a heap block reused from earlier allocations would already have 4 KiB pages. Below one
