@@ -229,7 +229,7 @@ def _experts_panels(layer: nn.Module) -> torch.Tensor:
         # pages: at batch 1 the kernel streams all of them once per pass (see cc_models.hugepages).
         spans = panel_spans(n)
         w = w.view(e, k, n)
-        out = hugepages.zeros((len(spans), k, e, PANEL))
+        out = hugepages.zeros((len(spans), k, e, PANEL), w.dtype)
         for j, (start, width) in enumerate(spans):
             out[j, :, :, :width].copy_(w[:, :, start:start + width].permute(1, 0, 2))
         return out
