@@ -14,7 +14,6 @@ the read (the mixing, routing and kernel overheads that work on the kernels can 
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 import time
@@ -22,50 +21,27 @@ from typing import Sequence
 
 import torch
 
-EXIT_OK, EXIT_USAGE = 0, 2
+from bench import rounds
 
-
-def time_rounds(contenders: dict, rounds: int) -> dict[str, float]:
-    """Median seconds of each zero-argument callable over ``rounds`` shuffled rounds."""
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    order = random.Random(0)
-    for call in contenders.values():
-        call()
-    for _ in range(rounds):
-        for name in order.sample(list(contenders), len(contenders)):
-            start = time.perf_counter()
-            contenders[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+EXIT_OK = 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.expert_bound", description=__doc__.split("\n\n")[0])
-    p.add_argument("ids", nargs="*", metavar="ID", help="model ids (default: the three index variants)")
-    p.add_argument("--batch-sizes", default="1")
-    p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--threads", type=int, default=2)
+    rounds.add_options(p, batch_sizes="1")
     args = p.parse_args(argv)
-    try:
-        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-        if min(batch_sizes) < 1 or args.rounds < 1 or args.threads < 1:
-            raise ValueError
-    except ValueError:
-        print(f"{p.prog}: --batch-sizes takes positive integers (e.g. 1,8); --rounds and --threads >= 1",
-              file=sys.stderr)
-        return EXIT_USAGE
+    checked = rounds.checked(p, args)
+    if checked is None:
+        return rounds.EXIT_USAGE
+    batch_sizes, ids = checked
     import cc_models
     from cc_models import hugepages
     from cc_models.runtime import tune_cpu
 
-    unknown = [i for i in args.ids if i not in cc_models.list_models()]
-    if unknown:
-        print(f"{p.prog}: unknown model id(s): {', '.join(unknown)}", file=sys.stderr)
-        return EXIT_USAGE
     state = tune_cpu(args.threads)
     print(f"{state.threads} threads, fp32, channels_last, {state.allocator}; median of {args.rounds} interleaved "
           "rounds", flush=True)
-    for model_id in args.ids or cc_models.list_models():
+    for model_id in ids:
         torch.manual_seed(0)
         ours = cc_models.from_index(model_id).eval().fuse().to(memory_format=torch.channels_last)
         plain = cc_models.from_index(model_id, experts_multiplier=0).eval().fuse().to(
@@ -85,8 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 read.append(time.perf_counter() - start)
 
             with torch.inference_mode():
-                t = time_rounds({"ours": lambda: ours(x), "plain": lambda: plain(x), "plain+read": plain_then_read},
-                                args.rounds)
+                t = rounds.median_seconds({"ours": lambda: ours(x), "plain": lambda: plain(x),
+                                           "plain+read": plain_then_read}, args.rounds)
             t_read = statistics.median(read)
             beyond = t["ours"] - t["plain"] - t_read
             print(f"{model_id} bs={bs}: {extra * 4 / 1e6:.1f} MB more parameters than plain, read in "

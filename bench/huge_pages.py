@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
-import random
-import statistics
 import sys
-import time
 from typing import Sequence
 
 import torch
 
-EXIT_OK, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 2, 3
+from bench import rounds
+
+EXIT_OK, EXIT_UNAVAILABLE = 0, 3
 
 
 def layouts(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -62,44 +62,18 @@ def build(model_id: str, batch_sizes: Sequence[int]) -> dict[str, torch.nn.Modul
     return {"huge": huge, "ordinary": ordinary, "plain": plain}
 
 
-def time_rounds(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds: int) -> dict[str, float]:
-    """Median seconds per batch of each model over ``rounds`` shuffled rounds."""
-    times: dict[str, list[float]] = {name: [] for name in models}
-    order = random.Random(0)
-    with torch.inference_mode():
-        for model in models.values():
-            model(x)
-        for _ in range(rounds):
-            for name in order.sample(list(models), len(models)):
-                start = time.perf_counter()
-                models[name](x)
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.huge_pages", description=__doc__.split("\n\n")[0])
-    p.add_argument("ids", nargs="*", metavar="ID", help="model ids (default: the three index variants)")
-    p.add_argument("--batch-sizes", default="1,32")
-    p.add_argument("--rounds", type=int, default=40)
-    p.add_argument("--threads", type=int, default=2)
+    rounds.add_options(p, batch_sizes="1,32")
     args = p.parse_args(argv)
-    try:
-        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-        if min(batch_sizes) < 1 or args.rounds < 1 or args.threads < 1:
-            raise ValueError
-    except ValueError:
-        print(f"{p.prog}: --batch-sizes takes positive integers (e.g. 1,32); --rounds and --threads >= 1",
-              file=sys.stderr)
-        return EXIT_USAGE
+    checked = rounds.checked(p, args)
+    if checked is None:
+        return rounds.EXIT_USAGE
+    batch_sizes, ids = checked
     import cc_models
     from cc_models import cpu_kernels, hugepages
     from cc_models.runtime import tune_cpu
 
-    unknown = [i for i in args.ids if i not in cc_models.list_models()]
-    if unknown:
-        print(f"{p.prog}: unknown model id(s): {', '.join(unknown)}", file=sys.stderr)
-        return EXIT_USAGE
     if not cpu_kernels.available() or not hugepages.available():
         why = cpu_kernels.failure() or "the C++ kernels are off" if not cpu_kernels.available() else \
             f"no transparent huge pages here ({hugepages.THP_SETTING})"
@@ -108,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = tune_cpu(args.threads, huge_pages=False)
     print(f"{state.threads} threads, fp32, channels_last, {state.allocator}; median of {args.rounds} interleaved "
           "rounds", flush=True)
-    for model_id in args.ids or cc_models.list_models():
+    for model_id in ids:
         models = build(model_id, batch_sizes)
         total = sum(t.numel() * t.element_size() for t in layouts(models["huge"]))
         huge, ordinary = (sum(min(hugepages.huge_bytes(t), t.numel() * t.element_size()) for t in layouts(models[name]))
@@ -118,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         size = cc_models.data_config(model_id).input_size
         for bs in batch_sizes:
             x = torch.randn(bs, *size).contiguous(memory_format=torch.channels_last)
-            t = time_rounds(models, x, args.rounds)
+            with torch.inference_mode():
+                t = rounds.median_seconds({name: functools.partial(model, x) for name, model in models.items()},
+                                          args.rounds)
             ips = {name: bs / seconds for name, seconds in t.items()}
             print(f"  bs={bs}: huge {ips['huge']:.1f} img/s, ordinary {ips['ordinary']:.1f}, plain {ips['plain']:.1f}; "
                   f"huge / ordinary {t['ordinary'] / t['huge']:.3f}; / plain: huge {t['plain'] / t['huge']:.3f}, "
