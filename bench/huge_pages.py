@@ -20,6 +20,7 @@ import functools
 import os
 import sys
 from typing import Sequence
+from unittest import mock
 
 import torch
 
@@ -47,15 +48,8 @@ def build(model_id: str, batch_sizes: Sequence[int]) -> dict[str, torch.nn.Modul
     x = torch.randn(max(batch_sizes), *size).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         want = huge(x)  # builds the layouts, in huge pages
-        previous = os.environ.get(hugepages.ENV_SWITCH)
-        os.environ[hugepages.ENV_SWITCH] = "0"
-        try:
-            got = ordinary(x)
-        finally:
-            if previous is None:
-                del os.environ[hugepages.ENV_SWITCH]
-            else:
-                os.environ[hugepages.ENV_SWITCH] = previous
+        with mock.patch.dict(os.environ, {hugepages.ENV_SWITCH: "0"}):
+            got = ordinary(x)  # builds its own, in torch's memory
         plain(x)
     if not torch.equal(want, got):
         raise RuntimeError(f"{model_id}: the copies disagree ({(want - got).abs().max().item():.3g}); not timed")
@@ -75,8 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cc_models.runtime import tune_cpu
 
     if not cpu_kernels.available() or not hugepages.available():
-        why = cpu_kernels.failure() or "the C++ kernels are off" if not cpu_kernels.available() else \
-            f"no transparent huge pages here ({hugepages.THP_SETTING})"
+        why = ((cpu_kernels.failure() or "the C++ kernels are off") if not cpu_kernels.available()
+               else f"no transparent huge pages here ({hugepages.THP_SETTING})")
         print(f"{p.prog}: nothing to compare: {why}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     state = tune_cpu(args.threads, huge_pages=False)

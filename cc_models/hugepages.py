@@ -45,7 +45,7 @@ def zeros(shape: tuple[int, ...] | list[int], dtype: torch.dtype = torch.float32
     """A zeroed, contiguous CPU tensor; in huge pages where :func:`enabled`, :func:`available` and it spans at
     least one."""
     shape = tuple(shape)
-    nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    nbytes = torch.Size(shape).numel() * dtype.itemsize
     if nbytes < HUGE_PAGE or not enabled() or not available():
         return torch.zeros(shape, dtype=dtype)
     # One huge page more than needed, to start the tensor on a 2 MiB boundary; the slack is never touched, so it
