@@ -19,7 +19,13 @@ strongest timm forms (eager NCHW, channels_last, traced + frozen +
 CondConv, same inference form): ours / plain is CondConv's own overhead.
 ``ratio`` is ours against the fastest timm form (ratio of medians); each ratio is printed with the first and
 third quartiles of the same ratio round by round ("[rounds q1-q3]"), which shows how far the host moved
-it within the run. On CUDA: ours, plain and timm
+it within the run. On CPU every round also times the host reference of ``cc-bench run``
+(``bench.throughput.host_reference``: torchvision's MobileNetV2, none of our code or timm's): a host that is
+more than 10% slower than in the latest earlier compare run on the same fingerprint, threads and batch size
+is flagged on the row ("host SLOWER"), in the record and on the docs' results page. A run under contention
+is not comparable with one without: in run 20261128T111555Z-5e9a ours and plain ran 6-34% slower than in run
+20261128T110134Z-fea9 14 minutes earlier and ours / best timm fell to 1.06x on b1_8e at batch 1 (1.41x then):
+a neighbour's memory traffic hurts the expert reads most. On CUDA: ours, plain and timm
 channels_last under AMP. ONNX Runtime serving our exported model joins on CPU
 when the onnx extra is installed (exported in a child process, see
 ``bench.onnx_runtime``). Peak memory is each model's own child process's peak
@@ -71,6 +77,8 @@ TARGETS_CPU = {1: 1.3, 32: 1.3}
 TARGET_VS_PLAIN = 0.9
 TARGETS_GPU = {1: 4.0, 256: 5.0}  # batch 1: ours as a CUDA graph vs timm eager; 256: both eager
 TARGET_VS_PLAIN_GPU = 0.95
+HOST = "host_reference"  # the runner timing bench.throughput.host_reference beside the contenders (CPU)
+HOST_DROP = 0.10  # the host reference this much slower than in the previous compare run: the host is contended
 MIN_TIME_S = 5.0  # CPU, without --repeats: timed calls per batch size, all contenders together
 MAX_REPEATS = 200
 DESCRIPTION = ("Build our model and timm's with the same weights, check their outputs agree within 1e-4 (unfused, "
@@ -99,6 +107,12 @@ class Row:
     ours_form: str = "fused + channels_last"
     peak_cuda_ours_mib: float | None = None  # torch.cuda.max_memory_allocated of one forward (or graph capture)
     peak_cuda_timm_mib: float | None = None
+    # CPU: the host reference timed in every round (label, median images/s, its round quartiles in images/s) and
+    # the latest earlier compare run's figure for it on the same fingerprint, threads and batch size
+    host_reference: str | None = None
+    host_images_per_s: float | None = None
+    host_quartiles: tuple[float, float] | None = None
+    host_previous: dict | None = None  # run_id, images_per_s, change (this run's over that one's, minus 1)
     ours: float = field(init=False)
     timm: float = field(init=False)
     ratio: float = field(init=False)
@@ -116,6 +130,53 @@ class Row:
         self.ratio_vs_plain = self.ours / self.plain if self.plain else None
         self.ratio_quartiles = round_ratio_quartiles(self.times_s, self.timm_form)
         self.ratio_vs_plain_quartiles = round_ratio_quartiles(self.times_s, "plain") if self.plain else None
+
+    @property
+    def host_slower(self) -> bool:
+        """The host reference ran more than ``HOST_DROP`` slower than in the previous compare run."""
+        return bool(self.host_previous) and self.host_previous["change"] < -HOST_DROP
+
+    def time_host(self, times: list[float] | None, reference: str | None, history: list[dict] | None,
+                  environment: dict | None) -> None:
+        """Record the host reference's timed rounds and judge them against the previous compare run."""
+        if not times or not reference:
+            return
+        self.host_reference = reference
+        self.host_images_per_s = self.batch_size / statistics.median(times)
+        if len(times) >= 2:
+            q1, _, q3 = statistics.quantiles(times, n=4)
+            self.host_quartiles = (self.batch_size / q3, self.batch_size / q1)
+        prev = previous_host(history, self, environment or {})
+        if prev is not None:
+            self.host_previous = {**prev, "change": self.host_images_per_s / prev["images_per_s"] - 1}
+
+
+def previous_host(history: list[dict] | None, row: Row, environment: dict) -> dict | None:
+    """The host reference's figure in the latest earlier compare run of the same model and batch size on the same
+    fingerprint, threads and dtype, with the same reference (label); None without one."""
+    fingerprint = environment.get("fingerprint_id")
+    if not history or not fingerprint:
+        return None
+    from registry import results_schema as schema
+
+    same = []
+    for h in history:
+        if (h.get("check"), h.get("metric"), h.get("model_id"), h.get("batch_size"), h.get("fingerprint"),
+                h.get("dtype"), h.get("threads")) != (schema.COMPARE, f"images_per_s_{HOST}", row.model_id,
+                                                      row.batch_size, fingerprint, row.dtype,
+                                                      environment.get("threads")):
+            continue
+        try:
+            extra = json.loads(h["extra"]) if isinstance(h.get("extra"), str) else h.get("extra") or {}
+            measured = float(h["measured"])
+        except (TypeError, ValueError):
+            continue
+        if isinstance(extra, dict) and extra.get(HOST, {}).get("reference") == row.host_reference and measured > 0:
+            same.append((h, measured))
+    if not same:
+        return None
+    last, measured = max(same, key=lambda hm: (str(hm[0]["timestamp"]), str(hm[0]["run_id"])))
+    return {"run_id": str(last["run_id"]), "images_per_s": measured}
 
 
 def round_ratio_quartiles(times_s: dict[str, list[float]], other: str) -> tuple[float, float] | None:
@@ -409,7 +470,8 @@ def check_contenders(runners: dict[str, Runner], contenders: Sequence[Contender]
     return diffs
 
 
-def compare_variant(entry, index, args, device: str, log: Callable[[str], None]) -> tuple[list[Row], dict]:
+def compare_variant(entry, index, args, device: str, log: Callable[[str], None], history: list[dict] | None = None,
+                    environment: dict | None = None) -> tuple[list[Row], dict]:
     ours, theirs = paired_models(entry, index, args.checkpoint_dir)
     parity = check_parity(ours, theirs, entry.data.input_size)
     plain, timm_plain = plain_models(entry, index)
@@ -434,6 +496,7 @@ def compare_variant(entry, index, args, device: str, log: Callable[[str], None])
     contenders = [c for c in contenders_for(device) if c.available(models)]
     rows = []
     dtypes = args.gpu_dtypes if gpu else ("float32",)
+    reference, reference_model = throughput.host_reference() if not gpu else (None, None)
     for bs in args.batch_sizes:
         x = torch.randn(bs, *entry.data.input_size, device=device)
         runners = {c.name: c.make(models, x) for c in contenders}
@@ -441,19 +504,23 @@ def compare_variant(entry, index, args, device: str, log: Callable[[str], None])
             parity[f"batch_{bs}"] = check_contenders(runners, contenders, models, x)
         for dtype in dtypes:
             autocast = torch.autocast("cuda", dtype=getattr(torch, dtype)) if gpu else None
-            timed, peaks = runners, {}
+            timed, peaks = dict(runners), {}
+            if reference_model is not None:  # the same batch, as cc-bench run times it
+                x_ref = x.contiguous(memory_format=torch.channels_last)
+                timed[HOST] = lambda: reference_model(x_ref)
             if gpu:
-                timed = dict(runners)
                 peaks = cuda_forms(timed, models, x.contiguous(memory_format=torch.channels_last),
                                    autocast_dtype=getattr(torch, dtype))
             times = time_interleaved(timed, warmup=args.warmup, repeats=args.repeats, device=device,
                                      autocast=autocast, min_time_s=args.min_time_s)
+            host_times = times.pop(HOST, None)
             ips = {n: bs / statistics.median(t) for n, t in times.items()}
             timm_form = max((c.name for c in contenders if c.family == "timm"), key=ips.__getitem__)
             row = Row(entry.id, bs, dtype + ("-amp" if gpu else ""), ips,
                       {n: [round(v, 6) for v in t] for n, t in times.items()}, timm_form, plain_reference(entry.id),
                       ours_form=peaks.get("form", "fused + channels_last"), peak_cuda_ours_mib=peaks.get("ours"),
                       peak_cuda_timm_mib=peaks.get("timm"))
+            row.time_host(host_times, reference, history, environment)
             if args.memory and not gpu:
                 row.peak_rss_ours_mib = peak_rss_mib("ours", entry.id, bs, args)
                 row.peak_rss_timm_mib = peak_rss_mib("timm", entry.id, bs, args)
@@ -535,6 +602,20 @@ def _spread(quartiles: tuple[float, float] | None) -> str:
     return f" [rounds {quartiles[0]:.2f}-{quartiles[1]:.2f}]" if quartiles else ""
 
 
+def host_note(r: Row) -> str:
+    """The host reference's figure, its spread over the rounds, and how it compares with the previous run."""
+    spread = f" [rounds {r.host_quartiles[0]:.1f}-{r.host_quartiles[1]:.1f}]" if r.host_quartiles else ""
+    text = f"host reference {r.host_images_per_s:.1f} img/s{spread}"
+    prev = r.host_previous
+    if prev is None:
+        return text + " (no earlier compare run on this fingerprint to judge the host against)"
+    text += f", {prev['change']:+.0%} against run {prev['run_id']} ({prev['images_per_s']:.1f} img/s)"
+    if r.host_slower:
+        text += (f": host SLOWER by more than {HOST_DROP:.0%}, contended; this run's figures and ratios are not "
+                 "comparable with that run's")
+    return text
+
+
 def format_row(r: Row) -> str:
     gpu = r.dtype.endswith("-amp")
     target = (TARGETS_GPU if gpu else TARGETS_CPU).get(r.batch_size)
@@ -552,6 +633,8 @@ def format_row(r: Row) -> str:
         text += f"; peak CUDA memory ours {r.peak_cuda_ours_mib:.0f} MiB, timm {r.peak_cuda_timm_mib:.0f} MiB"
     if r.peak_rss_ours_mib is not None and r.peak_rss_timm_mib is not None:
         text += f"; peak RSS ours {r.peak_rss_ours_mib:.0f} MiB, timm {r.peak_rss_timm_mib:.0f} MiB"
+    if r.host_images_per_s is not None:
+        text += f"; {host_note(r)}"
     if r.compiled:
         c = r.compiled
         text += (f"; compiled ({c['form']}): ours {c['images_per_s_ours']:.2f}, timm {c['images_per_s_timm']:.2f} "
@@ -578,11 +661,15 @@ def store_rows(rows: Sequence[Row], parities: dict, args, environment: dict) -> 
                  "timm_form": r.timm_form, "contenders": {n: labels.get(n, n) for n in r.images_per_s},
                  "times_s": r.times_s, "repeats": args.repeats, "warmup": args.warmup,
                  "allocator": environment.get("allocator"), "ours_form": r.ours_form, "compiled": r.compiled}
+        if r.host_images_per_s is not None:
+            extra[HOST] = {"reference": r.host_reference, "quartiles_images_per_s": r.host_quartiles,
+                           "previous": r.host_previous, "slower": r.host_slower}
         metrics = [(f"images_per_s_{n}", v, "img/s") for n, v in r.images_per_s.items()]
         metrics += [("images_per_s_timm", r.timm, "img/s"), ("ratio", r.ratio, "x"),
                     ("ratio_vs_plain", r.ratio_vs_plain, "x"), ("peak_rss_ours", r.peak_rss_ours_mib, "MiB"),
                     ("peak_rss_timm", r.peak_rss_timm_mib, "MiB"), ("peak_cuda_ours", r.peak_cuda_ours_mib, "MiB"),
-                    ("peak_cuda_timm", r.peak_cuda_timm_mib, "MiB")]
+                    ("peak_cuda_timm", r.peak_cuda_timm_mib, "MiB"),
+                    (f"images_per_s_{HOST}", r.host_images_per_s, "img/s")]
         for metric, value, unit in metrics:
             if value is None:
                 continue
@@ -651,10 +738,13 @@ def run(args: argparse.Namespace) -> int:
         f"{environment['flush_denormals']}, CondConv CPU kernels {environment['cpu_kernels']}; contenders "
         f"interleaved, median of {args.repeats}"
         + (f" or more (at least {args.min_time_s:g} s of timed calls per batch size)" if args.min_time_s else ""))
+    # earlier compare runs in the store: the host reference is judged against the latest on this fingerprint
+    history = store.history(args.results, lambda m: print(f"cc-bench compare: warning: {m}", file=sys.stderr)) \
+        if device == "cpu" and Path(args.results).is_dir() else None
     rows, parities = [], {}
     try:
         for entry in entries:
-            variant_rows, parities[entry.id] = compare_variant(entry, index, args, device, log)
+            variant_rows, parities[entry.id] = compare_variant(entry, index, args, device, log, history, environment)
             rows += variant_rows
     except CompareError as exc:
         print(f"cc-bench compare: {exc}", file=sys.stderr)

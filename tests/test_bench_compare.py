@@ -38,6 +38,50 @@ def test_rows_give_the_spread_of_their_ratios_round_by_round():
     assert one_round.ratio_quartiles is None and "[rounds" not in compare.format_row(one_round)
 
 
+def _host_row(model_id="m", batch_size=2, fingerprint="f1", threads=2, reference="ref A", measured=100.0,
+              timestamp="2026-11-28T10:00:00Z", run_id="r1"):
+    """A stored compare row of the host reference, as bench.store.run_rows gives it."""
+    return {"run_id": run_id, "timestamp": timestamp, "model_id": model_id, "check": "compare",
+            "metric": "images_per_s_host_reference", "measured": measured, "batch_size": batch_size,
+            "fingerprint": fingerprint, "dtype": "float32", "threads": threads,
+            "extra": json.dumps({"host_reference": {"reference": reference}})}
+
+
+def test_host_reference_is_judged_against_the_latest_earlier_run_on_the_same_machine():
+    """The host reference ran 2 img/s (batch 2, 1 s a round); the latest earlier run with the same fingerprint,
+    threads, batch size and reference had it at 2.5 (-20%: contended); runs on another fingerprint, thread count,
+    batch size or reference, and later but unparsable rows, are not judged against."""
+    history = [_host_row(measured=2.2, timestamp="2026-11-28T09:00:00Z", run_id="older"),
+               _host_row(measured=2.5, timestamp="2026-11-28T10:00:00Z", run_id="latest"),
+               _host_row(measured=9.0, timestamp="2026-11-28T11:00:00Z", run_id="other-machine", fingerprint="f2"),
+               _host_row(measured=9.0, timestamp="2026-11-28T11:00:00Z", run_id="one-thread", threads=1),
+               _host_row(measured=9.0, timestamp="2026-11-28T11:00:00Z", run_id="batch-1", batch_size=1),
+               _host_row(measured=9.0, timestamp="2026-11-28T11:00:00Z", run_id="other-ref", reference="ref B"),
+               {**_host_row(timestamp="2026-11-28T11:00:00Z", run_id="broken"), "measured": "n/a"}]
+    env = {"fingerprint_id": "f1", "threads": 2}
+    row = compare.Row("m", 2, "float32", {"ours": 2.0, "timm_eager": 1.0}, {"ours": [1.0] * 4,
+                      "timm_eager": [2.0] * 4}, "timm_eager", None)
+    row.time_host([0.8, 1.0, 1.0, 1.25], "ref A", history, env)
+    assert row.host_images_per_s == pytest.approx(2.0)
+    assert row.host_quartiles == pytest.approx((2 / 1.1875, 2 / 0.85))  # round times' quartiles 0.85 and 1.1875
+    assert row.host_previous == {"run_id": "latest", "images_per_s": 2.5, "change": pytest.approx(-0.2)}
+    assert row.host_slower
+    assert "host reference 2.0 img/s" in compare.format_row(row) and "-20% against run latest" in compare.format_row(row)
+    assert "host SLOWER" in compare.format_row(row)
+
+    steady = compare.Row("m", 2, "float32", {"ours": 2.0, "timm_eager": 1.0}, {"ours": [1.0], "timm_eager": [2.0]},
+                         "timm_eager", None)
+    steady.time_host([0.9], "ref A", history[:2], env)  # 2.22 img/s: -11% against 2.5 is slower, against 2.2 not
+    assert steady.host_slower and steady.host_quartiles is None
+    steady.time_host([0.9], "ref A", history[:1], env)
+    assert steady.host_previous["run_id"] == "older" and not steady.host_slower
+    assert "SLOWER" not in compare.format_row(steady)
+    alone = compare.Row("m", 2, "float32", {"ours": 2.0, "timm_eager": 1.0}, {"ours": [1.0], "timm_eager": [2.0]},
+                        "timm_eager", None)
+    alone.time_host([1.0], "ref A", history, {"fingerprint_id": "f9", "threads": 2})
+    assert alone.host_previous is None and "no earlier compare run on this fingerprint" in compare.format_row(alone)
+
+
 @pytest.mark.slow
 def test_compare_runs_and_stores(tmp_path, capsys):
     argv = ["compare", "tf_efficientnet_cc_b0_4e", "--batch-sizes", "2", "--repeats", "1", "--warmup", "0",
@@ -65,6 +109,27 @@ def test_compare_runs_and_stores(tmp_path, capsys):
     shown = re.search(r"tf_efficientnet_cc_b0_4e</code> \| 2 \| [\d.,]+ \| [\d.,]+ \| ([\d.]+)x? \|", results_page)
     assert "Ours against timm" in results_page and shown, results_page
     assert float(shown[1]) == pytest.approx(row["ratio"], abs=1e-3)
+    # the host reference ran in the same rounds and is stored; no earlier run to judge the host against
+    assert row["host_images_per_s"] > 0 and row["host_previous"] is None
+    assert row["host_reference"] == compare.throughput.host_reference()[0]
+    assert "images_per_s_host_reference" in set(rows["metric"])
+
+    # The first run's host figure made 100x faster: the second run, on the same machine and store, finds its host
+    # more than 10% slower, says so, and the published page marks the row contended.
+    (run_path,) = (tmp_path / "runs").glob("*.json")
+    first = json.loads(run_path.read_text())
+    for check in first["checks"]:
+        if check["metric"] == "images_per_s_host_reference":
+            check["measured"] *= 100
+    run_path.write_text(json.dumps(first))
+    assert main(["compare", "tf_efficientnet_cc_b0_4e", "--batch-sizes", "2", "--repeats", "1", "--warmup", "0",
+                 "--no-memory", "--no-onnxruntime", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"against run {first['run_id']}" in out and "host SLOWER" in out, out
+    assert main(["publish", "--from", str(tmp_path), "--results", str(tmp_path / "published2"),
+                 "--docs-out", str(tmp_path / "docs2")]) == 0  # published2: the first run's file was edited
+    results_page = (tmp_path / "docs2" / "results.md").read_text()
+    assert f"slower than in run {first['run_id']}: contended" in results_page, results_page
 
 
 def test_disagreeing_outputs_stop_the_timing(monkeypatch, tmp_path, capsys):

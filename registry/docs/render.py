@@ -214,6 +214,8 @@ class CompareRow:
     peak_rss_timm: float | None = None
     plain_id: str | None = None
     conditions: str = ""
+    host: float | None = None  # the host reference timed in the same rounds (images/s)
+    host_note: str = ""  # "" or how much slower the host was than in the previous compare run
 
 
 def compare_rows(results: Results) -> list[CompareRow]:
@@ -232,8 +234,21 @@ def compare_rows(results: Results) -> list[CompareRow]:
         plain_id = status_row.extra.get("plain_reference") if status_row.extra else None
         out.append(CompareRow(model_id, batch, ours, timm, ratio, status_row.state, status_row.label,
                               value("images_per_s_plain"), value("ratio_vs_plain"), value("peak_rss_ours"),
-                              value("peak_rss_timm"), plain_id, status_row.conditions))
+                              value("peak_rss_timm"), plain_id, status_row.conditions,
+                              value("images_per_s_host_reference"), _host_note(metrics.get("images_per_s_host_reference"))))
     return out
+
+
+def _host_note(row: Measurement | None) -> str:
+    """What the row's host reference says about the host: slower than in the previous compare run, or nothing."""
+    host = row.extra.get("host_reference") if row is not None and row.extra else None
+    if not isinstance(host, dict) or not host.get("slower") or not isinstance(host.get("previous"), dict):
+        return ""
+    prev = host["previous"]
+    change = to_float(prev.get("change"))
+    if change is None:
+        return ""
+    return f"host {-change:.0%} slower than in run {prev.get('run_id')}: contended, not comparable with it"
 
 
 @dataclass
