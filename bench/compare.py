@@ -171,7 +171,8 @@ def previous_host(history: list[dict] | None, row: Row, environment: dict) -> di
             measured = float(h["measured"])
         except (TypeError, ValueError):
             continue
-        if isinstance(extra, dict) and extra.get(HOST, {}).get("reference") == row.host_reference and measured > 0:
+        host = extra.get(HOST) if isinstance(extra, dict) else None
+        if isinstance(host, dict) and host.get("reference") == row.host_reference and measured > 0:
             same.append((h, measured))
     if not same:
         return None
@@ -611,8 +612,8 @@ def host_note(r: Row) -> str:
         return text + " (no earlier compare run on this fingerprint to judge the host against)"
     text += f", {prev['change']:+.0%} against run {prev['run_id']} ({prev['images_per_s']:.1f} img/s)"
     if r.host_slower:
-        text += (f": host SLOWER by more than {HOST_DROP:.0%}, contended; this run's figures and ratios are not "
-                 "comparable with that run's")
+        text += (f": host SLOWER by more than {HOST_DROP:.0%}: contended (or another machine that reports the same "
+                 "fingerprint); this run's figures and ratios are not comparable with that run's")
     return text
 
 

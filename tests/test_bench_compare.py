@@ -57,7 +57,8 @@ def test_host_reference_is_judged_against_the_latest_earlier_run_on_the_same_mac
                _host_row(measured=9.0, timestamp="2026-11-28T11:00:00Z", run_id="one-thread", threads=1),
                _host_row(measured=9.0, timestamp="2026-11-28T11:00:00Z", run_id="batch-1", batch_size=1),
                _host_row(measured=9.0, timestamp="2026-11-28T11:00:00Z", run_id="other-ref", reference="ref B"),
-               {**_host_row(timestamp="2026-11-28T11:00:00Z", run_id="broken"), "measured": "n/a"}]
+               {**_host_row(timestamp="2026-11-28T11:00:00Z", run_id="broken"), "measured": "n/a"},
+               {**_host_row(timestamp="2026-11-28T11:00:00Z", run_id="no-label"), "extra": '{"host_reference": 3}'}]
     env = {"fingerprint_id": "f1", "threads": 2}
     row = compare.Row("m", 2, "float32", {"ours": 2.0, "timm_eager": 1.0}, {"ours": [1.0] * 4,
                       "timm_eager": [2.0] * 4}, "timm_eager", None)

@@ -248,7 +248,8 @@ def _host_note(row: Measurement | None) -> str:
     change = to_float(prev.get("change"))
     if change is None:
         return ""
-    return f"host {-change:.0%} slower than in run {prev.get('run_id')}: contended, not comparable with it"
+    return (f"host {-change:.0%} slower than in run {prev.get('run_id')}: contended, or another machine with the "
+            "same fingerprint; not comparable with it")
 
 
 @dataclass
