@@ -22,7 +22,9 @@ third quartiles of the same ratio round by round ("[rounds q1-q3]"), which shows
 it within the run. On CPU every round also times the host reference of ``cc-bench run``
 (``bench.throughput.host_reference``: torchvision's MobileNetV2, none of our code or timm's): a host that is
 more than 10% slower than in the latest earlier compare run on the same fingerprint, threads and batch size
-is flagged on the row ("host SLOWER"), in the record and on the docs' results page. A run under contention
+is flagged on the row ("host SLOWER"), in the record and on the docs' results page. Against the same earlier run
+each ratio that fell by more than 10% is a regression (the row and the record's status say so, as
+``cc-bench run``'s throughput check does; reported, not failed), unless the host was slower: a run under contention
 is not comparable with one without: in run 20261128T111555Z-5e9a ours and plain ran 6-34% slower than in run
 20261128T110134Z-fea9 14 minutes earlier and ours / best timm fell to 1.06x on b1_8e at batch 1 (1.41x then):
 a neighbour's memory traffic hurts the expert reads most. On CUDA: ours, plain and timm
@@ -79,6 +81,7 @@ TARGETS_GPU = {1: 4.0, 256: 5.0}  # batch 1: ours as a CUDA graph vs timm eager;
 TARGET_VS_PLAIN_GPU = 0.95
 HOST = "host_reference"  # the runner timing bench.throughput.host_reference beside the contenders (CPU)
 HOST_DROP = 0.10  # the host reference this much slower than in the previous compare run: the host is contended
+RATIO_DROP = 0.10  # a ratio this much below the previous compare run's, on a host that is not slower: a regression
 MIN_TIME_S = 5.0  # CPU, without --repeats: timed calls per batch size, all contenders together
 MAX_REPEATS = 200
 DESCRIPTION = ("Build our model and timm's with the same weights, check their outputs agree within 1e-4 (unfused, "
@@ -107,12 +110,13 @@ class Row:
     ours_form: str = "fused + channels_last"
     peak_cuda_ours_mib: float | None = None  # torch.cuda.max_memory_allocated of one forward (or graph capture)
     peak_cuda_timm_mib: float | None = None
-    # CPU: the host reference timed in every round (label, median images/s, its round quartiles in images/s) and
-    # the latest earlier compare run's figure for it on the same fingerprint, threads and batch size
+    # CPU: the host reference timed in every round (label, median images/s, its round quartiles in images/s)
     host_reference: str | None = None
     host_images_per_s: float | None = None
     host_quartiles: tuple[float, float] | None = None
-    host_previous: dict | None = None  # run_id, images_per_s, change (this run's over that one's, minus 1)
+    # the latest earlier compare run of this model and batch size on the same fingerprint, threads and dtype:
+    # run_id, ratio, ratio_vs_plain and host_images_per_s (with the same reference) where it has them
+    previous: dict | None = None
     ours: float = field(init=False)
     timm: float = field(init=False)
     ratio: float = field(init=False)
@@ -132,13 +136,33 @@ class Row:
         self.ratio_vs_plain_quartiles = round_ratio_quartiles(self.times_s, "plain") if self.plain else None
 
     @property
+    def host_change(self) -> float | None:
+        """The host reference's speed over the previous run's, minus 1; None where either did not time it."""
+        before = (self.previous or {}).get("host_images_per_s")
+        return self.host_images_per_s / before - 1 if before and self.host_images_per_s else None
+
+    @property
     def host_slower(self) -> bool:
         """The host reference ran more than ``HOST_DROP`` slower than in the previous compare run."""
-        return bool(self.host_previous) and self.host_previous["change"] < -HOST_DROP
+        return self.host_change is not None and self.host_change < -HOST_DROP
 
-    def time_host(self, times: list[float] | None, reference: str | None, history: list[dict] | None,
-                  environment: dict | None) -> None:
-        """Record the host reference's timed rounds and judge them against the previous compare run."""
+    @property
+    def ratio_changes(self) -> dict[str, float]:
+        """Each ratio over the previous run's, minus 1."""
+        now = {"ratio": self.ratio, "ratio_vs_plain": self.ratio_vs_plain}
+        return {name: now[name] / (self.previous or {})[name] - 1 for name in now
+                if now[name] and (self.previous or {}).get(name)}
+
+    @property
+    def regressions(self) -> list[str]:
+        """The ratios that fell by more than ``RATIO_DROP`` against the previous run, on a host that was not slower
+        (contention moves the ratios: the expert reads suffer most)."""
+        if self.host_slower:
+            return []
+        return [name for name, change in self.ratio_changes.items() if change < -RATIO_DROP]
+
+    def time_host(self, times: list[float] | None, reference: str | None) -> None:
+        """Record the host reference's timed rounds (seconds per call)."""
         if not times or not reference:
             return
         self.host_reference = reference
@@ -146,38 +170,47 @@ class Row:
         if len(times) >= 2:
             q1, _, q3 = statistics.quantiles(times, n=4)
             self.host_quartiles = (self.batch_size / q3, self.batch_size / q1)
-        prev = previous_host(history, self, environment or {})
-        if prev is not None:
-            self.host_previous = {**prev, "change": self.host_images_per_s / prev["images_per_s"] - 1}
 
 
-def previous_host(history: list[dict] | None, row: Row, environment: dict) -> dict | None:
-    """The host reference's figure in the latest earlier compare run of the same model and batch size on the same
-    fingerprint, threads and dtype, with the same reference (label); None without one."""
+def previous_run(history: list[dict] | None, row: Row, environment: dict) -> dict | None:
+    """The latest earlier compare run of ``row``'s model and batch size on the same fingerprint, threads and dtype
+    (history: bench.store.history rows): its run_id and ratios, and its host reference figure where it timed the
+    same one (label); None without such a run."""
     fingerprint = environment.get("fingerprint_id")
     if not history or not fingerprint:
         return None
     from registry import results_schema as schema
 
-    same = []
+    key = (schema.COMPARE, row.model_id, row.batch_size, fingerprint, row.dtype, environment.get("threads"))
+    runs: dict[str, dict] = {}
     for h in history:
-        if (h.get("check"), h.get("metric"), h.get("model_id"), h.get("batch_size"), h.get("fingerprint"),
-                h.get("dtype"), h.get("threads")) != (schema.COMPARE, f"images_per_s_{HOST}", row.model_id,
-                                                      row.batch_size, fingerprint, row.dtype,
-                                                      environment.get("threads")):
+        if (h.get("check"), h.get("model_id"), h.get("batch_size"), h.get("fingerprint"), h.get("dtype"),
+                h.get("threads")) != key:
             continue
         try:
-            extra = json.loads(h["extra"]) if isinstance(h.get("extra"), str) else h.get("extra") or {}
             measured = float(h["measured"])
-        except (TypeError, ValueError):
+        except (KeyError, TypeError, ValueError):
             continue
-        host = extra.get(HOST) if isinstance(extra, dict) else None
-        if isinstance(host, dict) and host.get("reference") == row.host_reference and measured > 0:
-            same.append((h, measured))
-    if not same:
+        if not measured > 0:
+            continue
+        run = runs.setdefault(str(h.get("run_id")), {"run_id": str(h.get("run_id")),
+                                                     "timestamp": str(h.get("timestamp"))})
+        metric = h.get("metric")
+        if metric in ("ratio", "ratio_vs_plain"):
+            run[metric] = measured
+        elif metric == f"images_per_s_{HOST}":
+            try:
+                extra = json.loads(h["extra"]) if isinstance(h.get("extra"), str) else h.get("extra") or {}
+            except ValueError:
+                continue
+            host = extra.get(HOST) if isinstance(extra, dict) else None
+            if isinstance(host, dict) and host.get("reference") == row.host_reference:
+                run["host_images_per_s"] = measured
+    found = [r for r in runs.values() if "ratio" in r]
+    if not found:
         return None
-    last, measured = max(same, key=lambda hm: (str(hm[0]["timestamp"]), str(hm[0]["run_id"])))
-    return {"run_id": str(last["run_id"]), "images_per_s": measured}
+    latest = max(found, key=lambda r: (r["timestamp"], r["run_id"]))
+    return {k: v for k, v in latest.items() if k != "timestamp"}
 
 
 def round_ratio_quartiles(times_s: dict[str, list[float]], other: str) -> tuple[float, float] | None:
@@ -521,7 +554,8 @@ def compare_variant(entry, index, args, device: str, log: Callable[[str], None],
                       {n: [round(v, 6) for v in t] for n, t in times.items()}, timm_form, plain_reference(entry.id),
                       ours_form=peaks.get("form", "fused + channels_last"), peak_cuda_ours_mib=peaks.get("ours"),
                       peak_cuda_timm_mib=peaks.get("timm"))
-            row.time_host(host_times, reference, history, environment)
+            row.time_host(host_times, reference)
+            row.previous = previous_run(history, row, environment or {})
             if args.memory and not gpu:
                 row.peak_rss_ours_mib = peak_rss_mib("ours", entry.id, bs, args)
                 row.peak_rss_timm_mib = peak_rss_mib("timm", entry.id, bs, args)
@@ -604,16 +638,28 @@ def _spread(quartiles: tuple[float, float] | None) -> str:
 
 
 def host_note(r: Row) -> str:
-    """The host reference's figure, its spread over the rounds, and how it compares with the previous run."""
+    """The host reference's figure and its spread over the rounds."""
     spread = f" [rounds {r.host_quartiles[0]:.1f}-{r.host_quartiles[1]:.1f}]" if r.host_quartiles else ""
-    text = f"host reference {r.host_images_per_s:.1f} img/s{spread}"
-    prev = r.host_previous
+    return f"host reference {r.host_images_per_s:.1f} img/s{spread}"
+
+
+def previous_note(r: Row) -> str:
+    """How the row compares with the previous compare run: its ratios then, the host then, and the verdict."""
+    prev = r.previous
     if prev is None:
-        return text + " (no earlier compare run on this fingerprint to judge the host against)"
-    text += f", {prev['change']:+.0%} against run {prev['run_id']} ({prev['images_per_s']:.1f} img/s)"
+        return "no earlier compare run on this fingerprint to judge against"
+    names = {"ratio": "ours / best timm", "ratio_vs_plain": "ours / plain"}
+    parts = [f"{names[n]} {prev[n]:.2f}x then ({c:+.0%})" for n, c in r.ratio_changes.items()]
+    if r.host_change is not None:
+        parts.append(f"host reference {prev['host_images_per_s']:.1f} img/s then ({r.host_change:+.0%})")
+    text = f"against run {prev['run_id']}: " + ", ".join(parts)
     if r.host_slower:
-        text += (f": host SLOWER by more than {HOST_DROP:.0%}: contended (or another machine that reports the same "
-                 "fingerprint); this run's figures and ratios are not comparable with that run's")
+        return text + (f": host SLOWER by more than {HOST_DROP:.0%}: contended (or another machine that reports the "
+                       "same fingerprint); this run's figures and ratios are not comparable with that run's")
+    if r.regressions:
+        fell = " and ".join(names[n] for n in r.regressions)
+        host = "the host no slower" if r.host_change is not None else "the host not timed then"
+        return text + f": REGRESSION: {fell} fell by more than {RATIO_DROP:.0%} ({host})"
     return text
 
 
@@ -636,6 +682,8 @@ def format_row(r: Row) -> str:
         text += f"; peak RSS ours {r.peak_rss_ours_mib:.0f} MiB, timm {r.peak_rss_timm_mib:.0f} MiB"
     if r.host_images_per_s is not None:
         text += f"; {host_note(r)}"
+    if not gpu:
+        text += f"; {previous_note(r)}"
     if r.compiled:
         c = r.compiled
         text += (f"; compiled ({c['form']}): ours {c['images_per_s_ours']:.2f}, timm {c['images_per_s_timm']:.2f} "
@@ -664,7 +712,10 @@ def store_rows(rows: Sequence[Row], parities: dict, args, environment: dict) -> 
                  "allocator": environment.get("allocator"), "ours_form": r.ours_form, "compiled": r.compiled}
         if r.host_images_per_s is not None:
             extra[HOST] = {"reference": r.host_reference, "quartiles_images_per_s": r.host_quartiles,
-                           "previous": r.host_previous, "slower": r.host_slower}
+                           "slower": r.host_slower}
+        if r.previous is not None:
+            extra["previous"] = {**r.previous, "host_change": r.host_change, "ratio_changes": r.ratio_changes,
+                                 "regressions": r.regressions}
         metrics = [(f"images_per_s_{n}", v, "img/s") for n, v in r.images_per_s.items()]
         metrics += [("images_per_s_timm", r.timm, "img/s"), ("ratio", r.ratio, "x"),
                     ("ratio_vs_plain", r.ratio_vs_plain, "x"), ("peak_rss_ours", r.peak_rss_ours_mib, "MiB"),
@@ -674,7 +725,8 @@ def store_rows(rows: Sequence[Row], parities: dict, args, environment: dict) -> 
         for metric, value, unit in metrics:
             if value is None:
                 continue
-            checks.append({**common, "metric": metric, "measured": round(value, 4), "unit": unit,
+            status = schema.REGRESSION if metric in r.regressions else schema.INFO
+            checks.append({**common, "metric": metric, "measured": round(value, 4), "unit": unit, "status": status,
                            "reason": format_row(r), "extra": extra})
     now = store.utc_now()
     record = {"format": schema.FORMAT, "run_id": store.new_run_id(now), "timestamp": store.iso(now),

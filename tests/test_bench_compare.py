@@ -38,49 +38,75 @@ def test_rows_give_the_spread_of_their_ratios_round_by_round():
     assert one_round.ratio_quartiles is None and "[rounds" not in compare.format_row(one_round)
 
 
-def _host_row(model_id="m", batch_size=2, fingerprint="f1", threads=2, reference="ref A", measured=100.0,
-              timestamp="2026-11-28T10:00:00Z", run_id="r1"):
-    """A stored compare row of the host reference, as bench.store.run_rows gives it."""
-    return {"run_id": run_id, "timestamp": timestamp, "model_id": model_id, "check": "compare",
-            "metric": "images_per_s_host_reference", "measured": measured, "batch_size": batch_size,
-            "fingerprint": fingerprint, "dtype": "float32", "threads": threads,
-            "extra": json.dumps({"host_reference": {"reference": reference}})}
+def _stored_run(run_id, timestamp, ratio, ratio_vs_plain, host, *, model_id="m", batch_size=2, fingerprint="f1",
+                threads=2, reference="ref A"):
+    """An earlier compare run's rows as bench.store.history gives them (extra as JSON)."""
+    extra = json.dumps({"host_reference": {"reference": reference}})
+    common = {"run_id": run_id, "timestamp": timestamp, "model_id": model_id, "check": "compare",
+              "batch_size": batch_size, "fingerprint": fingerprint, "dtype": "float32", "threads": threads,
+              "extra": extra}
+    return [{**common, "metric": "ratio", "measured": ratio},
+            {**common, "metric": "ratio_vs_plain", "measured": ratio_vs_plain},
+            {**common, "metric": "images_per_s_host_reference", "measured": host}]
 
 
-def test_host_reference_is_judged_against_the_latest_earlier_run_on_the_same_machine():
-    """The host reference ran 2 img/s (batch 2, 1 s a round); the latest earlier run with the same fingerprint,
-    threads, batch size and reference had it at 2.5 (-20%: contended); runs on another fingerprint, thread count,
-    batch size or reference, and later but unparsable rows, are not judged against."""
-    history = [_host_row(measured=2.2, timestamp="2026-11-28T09:00:00Z", run_id="older"),
-               _host_row(measured=2.5, timestamp="2026-11-28T10:00:00Z", run_id="latest"),
-               _host_row(measured=9.0, timestamp="2026-11-28T11:00:00Z", run_id="other-machine", fingerprint="f2"),
-               _host_row(measured=9.0, timestamp="2026-11-28T11:00:00Z", run_id="one-thread", threads=1),
-               _host_row(measured=9.0, timestamp="2026-11-28T11:00:00Z", run_id="batch-1", batch_size=1),
-               _host_row(measured=9.0, timestamp="2026-11-28T11:00:00Z", run_id="other-ref", reference="ref B"),
-               {**_host_row(timestamp="2026-11-28T11:00:00Z", run_id="broken"), "measured": "n/a"},
-               {**_host_row(timestamp="2026-11-28T11:00:00Z", run_id="no-label"), "extra": '{"host_reference": 3}'}]
-    env = {"fingerprint_id": "f1", "threads": 2}
-    row = compare.Row("m", 2, "float32", {"ours": 2.0, "timm_eager": 1.0}, {"ours": [1.0] * 4,
-                      "timm_eager": [2.0] * 4}, "timm_eager", None)
-    row.time_host([0.8, 1.0, 1.0, 1.25], "ref A", history, env)
+def _row(ours_s, timm_s, plain_s, host_times, history, env=None):
+    """A compare row of batch 2 whose contenders took these seconds a round, judged against ``history``."""
+    times = {"ours": [ours_s] * 4, "timm_eager": [timm_s] * 4, "plain": [plain_s] * 4}
+    row = compare.Row("m", 2, "float32", {n: 2 / t[0] for n, t in times.items()}, times, "timm_eager", None)
+    row.time_host(host_times, "ref A")
+    row.previous = compare.previous_run(history, row, env or {"fingerprint_id": "f1", "threads": 2})
+    return row
+
+
+def test_rows_are_judged_against_the_latest_earlier_run_on_the_same_machine():
+    """Ours / timm 2.0 and ours / plain 0.9 now; the latest earlier run on the same fingerprint, threads and batch
+    size had 2.5 and 0.92 (runs on another machine, thread count or batch size, later ones, are not it)."""
+    history = (_stored_run("older", "2026-11-28T09:00:00Z", 9.0, 9.0, 9.0)
+               + _stored_run("latest", "2026-11-28T10:00:00Z", 2.5, 0.92, 2.0)
+               + _stored_run("other-machine", "2026-11-28T11:00:00Z", 9.0, 9.0, 9.0, fingerprint="f2")
+               + _stored_run("one-thread", "2026-11-28T11:00:00Z", 9.0, 9.0, 9.0, threads=1)
+               + _stored_run("batch-1", "2026-11-28T11:00:00Z", 9.0, 9.0, 9.0, batch_size=1))
+    # the host reference ran 2.0 img/s as then: ours / timm fell 20% (a regression), ours / plain 2% (not one)
+    row = _row(1.0, 2.0, 0.9, [0.8, 1.0, 1.0, 1.25], history)
     assert row.host_images_per_s == pytest.approx(2.0)
     assert row.host_quartiles == pytest.approx((2 / 1.1875, 2 / 0.85))  # round times' quartiles 0.85 and 1.1875
-    assert row.host_previous == {"run_id": "latest", "images_per_s": 2.5, "change": pytest.approx(-0.2)}
-    assert row.host_slower
-    assert "host reference 2.0 img/s" in compare.format_row(row) and "-20% against run latest" in compare.format_row(row)
-    assert "host SLOWER" in compare.format_row(row)
+    assert row.previous == {"run_id": "latest", "ratio": 2.5, "ratio_vs_plain": 0.92, "host_images_per_s": 2.0}
+    assert row.host_change == pytest.approx(0) and not row.host_slower
+    assert row.ratio_changes == pytest.approx({"ratio": -0.2, "ratio_vs_plain": 0.9 / 0.92 - 1})
+    assert row.regressions == ["ratio"]
+    text = compare.format_row(row)
+    assert "against run latest: ours / best timm 2.50x then (-20%), ours / plain 0.92x then (-2%)" in text
+    assert "REGRESSION: ours / best timm fell by more than 10% (the host no slower)" in text
 
-    steady = compare.Row("m", 2, "float32", {"ours": 2.0, "timm_eager": 1.0}, {"ours": [1.0], "timm_eager": [2.0]},
-                         "timm_eager", None)
-    steady.time_host([0.9], "ref A", history[:2], env)  # 2.22 img/s: -11% against 2.5 is slower, against 2.2 not
-    assert steady.host_slower and steady.host_quartiles is None
-    steady.time_host([0.9], "ref A", history[:1], env)
-    assert steady.host_previous["run_id"] == "older" and not steady.host_slower
-    assert "SLOWER" not in compare.format_row(steady)
-    alone = compare.Row("m", 2, "float32", {"ours": 2.0, "timm_eager": 1.0}, {"ours": [1.0], "timm_eager": [2.0]},
-                        "timm_eager", None)
-    alone.time_host([1.0], "ref A", history, {"fingerprint_id": "f9", "threads": 2})
-    assert alone.host_previous is None and "no earlier compare run on this fingerprint" in compare.format_row(alone)
+    # the same ratios on a host 20% slower: contended, not judged
+    slow = _row(1.0, 2.0, 0.9, [1.25] * 4, history)
+    assert slow.host_change == pytest.approx(-0.2) and slow.host_slower and slow.regressions == []
+    assert "host SLOWER by more than 10%" in compare.format_row(slow) and "REGRESSION" not in compare.format_row(slow)
+
+    # a host reference the earlier run did not time (another label): the ratios are still judged, and say so
+    unlabelled = _stored_run("latest", "2026-11-28T10:00:00Z", 2.5, 0.92, 2.0, reference="ref B")
+    other = _row(1.0, 2.0, 0.9, [1.0], unlabelled)
+    assert other.host_change is None and other.regressions == ["ratio"]
+    assert "(the host not timed then)" in compare.format_row(other)
+
+    alone = _row(1.0, 2.0, 0.9, [1.0], history, {"fingerprint_id": "f9", "threads": 2})
+    assert alone.previous is None and "no earlier compare run on this fingerprint" in compare.format_row(alone)
+    assert _row(1.0, 2.0, 0.9, [1.0], [{**history[3], "measured": "n/a"}]).previous is None  # unreadable rows skipped
+
+
+def test_results_page_notes_a_slower_host_or_a_fallen_ratio():
+    from types import SimpleNamespace
+
+    from registry.docs.render import _previous_note
+
+    slower = {"previous": {"run_id": "R", "host_change": -0.2, "ratio_changes": {"ratio": -0.3},
+                           "regressions": []}, "host_reference": {"slower": True}}
+    assert _previous_note(SimpleNamespace(extra=slower)).startswith("host 20% slower than in run R: contended")
+    fell = {"previous": {"run_id": "R", "host_change": 0.01, "ratio_changes": {"ratio": -0.3, "ratio_vs_plain": -0.12},
+                         "regressions": ["ratio", "ratio_vs_plain"]}, "host_reference": {"slower": False}}
+    assert _previous_note(SimpleNamespace(extra=fell)) == "against run R: ratio -30%, ours / plain -12%"
+    assert _previous_note(SimpleNamespace(extra={})) == ""
 
 
 @pytest.mark.slow
@@ -110,27 +136,32 @@ def test_compare_runs_and_stores(tmp_path, capsys):
     shown = re.search(r"tf_efficientnet_cc_b0_4e</code> \| 2 \| [\d.,]+ \| [\d.,]+ \| ([\d.]+)x? \|", results_page)
     assert "Ours against timm" in results_page and shown, results_page
     assert float(shown[1]) == pytest.approx(row["ratio"], abs=1e-3)
-    # the host reference ran in the same rounds and is stored; no earlier run to judge the host against
-    assert row["host_images_per_s"] > 0 and row["host_previous"] is None
+    # the host reference ran in the same rounds and is stored; no earlier run to judge against
+    assert row["host_images_per_s"] > 0 and row["previous"] is None
     assert row["host_reference"] == compare.throughput.host_reference()[0]
     assert "images_per_s_host_reference" in set(rows["metric"])
 
-    # The first run's host figure made 100x faster: the second run, on the same machine and store, finds its host
-    # more than 10% slower, says so, and the published page marks the row contended.
+    # The first run's ratio made 10x larger and its host 100x slower (ours / plain 100x smaller, so that a noisy
+    # round cannot make it fall): the second run, on the same machine and store, finds the ratio fallen on a host
+    # that is not slower, a regression in its output, its record and the page.
     (run_path,) = (tmp_path / "runs").glob("*.json")
     first = json.loads(run_path.read_text())
     for check in first["checks"]:
-        if check["metric"] == "images_per_s_host_reference":
-            check["measured"] *= 100
+        check["measured"] *= {"ratio": 10, "ratio_vs_plain": 0.01, "images_per_s_host_reference": 0.01}.get(
+            check["metric"], 1)
     run_path.write_text(json.dumps(first))
     assert main(["compare", "tf_efficientnet_cc_b0_4e", "--batch-sizes", "2", "--repeats", "1", "--warmup", "0",
                  "--no-memory", "--no-onnxruntime", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert f"against run {first['run_id']}" in out and "host SLOWER" in out, out
+    assert f"against run {first['run_id']}" in out and "REGRESSION: ours / best timm fell" in out, out
+    table = pd.read_csv(tmp_path / "results.csv")
+    second = table[(table["check"] == "compare") & (table["run_id"] != first["run_id"])]
+    assert set(second[second["status"] == "regression"]["metric"]) == {"ratio"}
     assert main(["publish", "--from", str(tmp_path), "--results", str(tmp_path / "published2"),
                  "--docs-out", str(tmp_path / "docs2")]) == 0  # published2: the first run's file was edited
     results_page = (tmp_path / "docs2" / "results.md").read_text()
-    assert f"slower than in run {first['run_id']}: contended" in results_page, results_page
+    assert re.search(rf"\(against run {first['run_id']}: ratio -[89]\d%\) \| <span class=\"cc-status cc-regression\">",
+                     results_page), results_page
 
 
 def test_disagreeing_outputs_stop_the_timing(monkeypatch, tmp_path, capsys):

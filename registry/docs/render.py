@@ -215,7 +215,7 @@ class CompareRow:
     plain_id: str | None = None
     conditions: str = ""
     host: float | None = None  # the host reference timed in the same rounds (images/s)
-    host_note: str = ""  # "" or how much slower the host was than in the previous compare run
+    note: str = ""  # against the previous compare run: a host that was slower, or a ratio that fell
 
 
 def compare_rows(results: Results) -> list[CompareRow]:
@@ -230,26 +230,31 @@ def compare_rows(results: Results) -> list[CompareRow]:
         ratio = value("ratio")
         if ratio is None and ours and timm:
             ratio = ours / timm
-        status_row = metrics.get("ratio") or next(iter(metrics.values()))
+        ratios = [metrics[name] for name in ("ratio", "ratio_vs_plain") if name in metrics]
+        status_row = next((r for r in ratios if r.state == "regression"), ratios[0] if ratios else None) \
+            or next(iter(metrics.values()))
         plain_id = status_row.extra.get("plain_reference") if status_row.extra else None
         out.append(CompareRow(model_id, batch, ours, timm, ratio, status_row.state, status_row.label,
                               value("images_per_s_plain"), value("ratio_vs_plain"), value("peak_rss_ours"),
                               value("peak_rss_timm"), plain_id, status_row.conditions,
-                              value("images_per_s_host_reference"), _host_note(metrics.get("images_per_s_host_reference"))))
+                              value("images_per_s_host_reference"), _previous_note(status_row)))
     return out
 
 
-def _host_note(row: Measurement | None) -> str:
-    """What the row's host reference says about the host: slower than in the previous compare run, or nothing."""
-    host = row.extra.get("host_reference") if row is not None and row.extra else None
-    if not isinstance(host, dict) or not host.get("slower") or not isinstance(host.get("previous"), dict):
+def _previous_note(row: Measurement) -> str:
+    """What the row's run found against the previous compare run: a slower host, or the ratios that fell."""
+    extra = row.extra or {}
+    prev, host = extra.get("previous"), extra.get("host_reference")
+    if not isinstance(prev, dict):
         return ""
-    prev = host["previous"]
-    change = to_float(prev.get("change"))
-    if change is None:
-        return ""
-    return (f"host {-change:.0%} slower than in run {prev.get('run_id')}: contended, or another machine with the "
-            "same fingerprint; not comparable with it")
+    if isinstance(host, dict) and host.get("slower") and to_float(prev.get("host_change")) is not None:
+        return (f"host {-to_float(prev['host_change']):.0%} slower than in run {prev.get('run_id')}: contended, or "
+                "another machine with the same fingerprint; not comparable with it")
+    changes = prev.get("ratio_changes") if isinstance(prev.get("ratio_changes"), dict) else {}
+    names = {"ratio": "ratio", "ratio_vs_plain": "ours / plain"}
+    fell = [f"{names[n]} {to_float(changes.get(n)):+.0%}" for n in prev.get("regressions") or ()
+            if n in names and to_float(changes.get(n)) is not None]
+    return f"against run {prev.get('run_id')}: {', '.join(fell)}" if fell else ""
 
 
 @dataclass
