@@ -22,7 +22,7 @@ third quartiles of the same ratio round by round ("[rounds q1-q3]"), which shows
 it within the run. On CPU every round also times the host reference of ``cc-bench run``
 (``bench.throughput.host_reference``: torchvision's MobileNetV2, none of our code or timm's): a host that is
 more than 10% slower than in the latest earlier compare run on the same fingerprint, threads and batch size
-is flagged on the row ("host SLOWER"), in the record and on the docs' results page. Against the same earlier run
+(not itself flagged) is flagged on the row ("host SLOWER"), in the record and on the docs' results page. Against the same earlier run
 each ratio that fell by more than 10% is a regression (the row and the record's status say so, as
 ``cc-bench run``'s throughput check does; reported, not failed), unless the host was slower: a run under contention
 is not comparable with one without: in run 20261128T111555Z-5e9a ours and plain ran 6-34% slower than in run
@@ -174,8 +174,9 @@ class Row:
 
 def previous_run(history: list[dict] | None, row: Row, environment: dict) -> dict | None:
     """The latest earlier compare run of ``row``'s model and batch size on the same fingerprint, threads and dtype
-    (history: bench.store.history rows): its run_id and ratios, and its host reference figure where it timed the
-    same one (label); None without such a run."""
+    (history: bench.store.history rows) that was not itself flagged contended: its run_id and ratios, and its host
+    reference figure where it timed the same one (label); None without such a run. A contended run is no baseline:
+    its ratios are depressed, so the next run would look better than it is."""
     fingerprint = environment.get("fingerprint_id")
     if not history or not fingerprint:
         return None
@@ -204,13 +205,15 @@ def previous_run(history: list[dict] | None, row: Row, environment: dict) -> dic
             except ValueError:
                 continue
             host = extra.get(HOST) if isinstance(extra, dict) else None
+            if isinstance(host, dict) and host.get("slower") is True:
+                run["contended"] = True
             if isinstance(host, dict) and host.get("reference") == row.host_reference:
                 run["host_images_per_s"] = measured
-    found = [r for r in runs.values() if "ratio" in r]
+    found = [r for r in runs.values() if "ratio" in r and not r.get("contended")]
     if not found:
         return None
     latest = max(found, key=lambda r: (r["timestamp"], r["run_id"]))
-    return {k: v for k, v in latest.items() if k != "timestamp"}
+    return {k: v for k, v in latest.items() if k not in ("timestamp", "contended")}
 
 
 def round_ratio_quartiles(times_s: dict[str, list[float]], other: str) -> tuple[float, float] | None:

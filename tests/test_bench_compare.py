@@ -39,9 +39,9 @@ def test_rows_give_the_spread_of_their_ratios_round_by_round():
 
 
 def _stored_run(run_id, timestamp, ratio, ratio_vs_plain, host, *, model_id="m", batch_size=2, fingerprint="f1",
-                threads=2, reference="ref A"):
+                threads=2, reference="ref A", contended=False):
     """An earlier compare run's rows as bench.store.history gives them (extra as JSON)."""
-    extra = json.dumps({"host_reference": {"reference": reference}})
+    extra = json.dumps({"host_reference": {"reference": reference, "slower": contended}})
     common = {"run_id": run_id, "timestamp": timestamp, "model_id": model_id, "check": "compare",
               "batch_size": batch_size, "fingerprint": fingerprint, "dtype": "float32", "threads": threads,
               "extra": extra}
@@ -61,12 +61,14 @@ def _row(ours_s, timm_s, plain_s, host_times, history, env=None):
 
 def test_rows_are_judged_against_the_latest_earlier_run_on_the_same_machine():
     """Ours / timm 2.0 and ours / plain 0.9 now; the latest earlier run on the same fingerprint, threads and batch
-    size had 2.5 and 0.92 (runs on another machine, thread count or batch size, later ones, are not it)."""
+    size had 2.5 and 0.92 (runs on another machine, thread count or batch size, and a later run that was itself
+    contended, are not it)."""
     history = (_stored_run("older", "2026-11-28T09:00:00Z", 9.0, 9.0, 9.0)
                + _stored_run("latest", "2026-11-28T10:00:00Z", 2.5, 0.92, 2.0)
                + _stored_run("other-machine", "2026-11-28T11:00:00Z", 9.0, 9.0, 9.0, fingerprint="f2")
                + _stored_run("one-thread", "2026-11-28T11:00:00Z", 9.0, 9.0, 9.0, threads=1)
-               + _stored_run("batch-1", "2026-11-28T11:00:00Z", 9.0, 9.0, 9.0, batch_size=1))
+               + _stored_run("batch-1", "2026-11-28T11:00:00Z", 9.0, 9.0, 9.0, batch_size=1)
+               + _stored_run("contended", "2026-11-28T11:00:00Z", 1.0, 0.5, 1.0, contended=True))
     # the host reference ran 2.0 img/s as then: ours / timm fell 20% (a regression), ours / plain 2% (not one)
     row = _row(1.0, 2.0, 0.9, [0.8, 1.0, 1.0, 1.25], history)
     assert row.host_images_per_s == pytest.approx(2.0)
