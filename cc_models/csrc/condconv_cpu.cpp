@@ -16,9 +16,26 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
-#include <vector>
+#include <cstdlib>
+#include <memory>
 
 namespace {
+
+// A kernel's scratch buffer (a mixed kernel or panel), uninitialised, on a cache-line boundary. A std::vector's
+// malloc'ed storage is 16-byte aligned: where it is not also 64-byte aligned every vector load from it straddles two
+// lines, and which it is depends on the heap's state (the same layer's buffer came 0 or 16 bytes off a line in one
+// process). Held 16 bytes off a line, the buffer cost B0's pointwise CondConvs 5-17% of their time (b0_4e, batch 32).
+class ScratchFloats {
+ public:
+  explicit ScratchFloats(int64_t n)
+      : ptr_(static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64)), &std::free) {
+    TORCH_CHECK(ptr_ != nullptr, "out of memory for a scratch buffer of ", n, " floats");
+  }
+  float* data() const { return ptr_.get(); }
+
+ private:
+  std::unique_ptr<float, decltype(&std::free)> ptr_;
+};
 
 // mixed[t, c] = sum_e r[e] * experts[e, t, c] for channels [c_lo, c_hi): the experts as [E, kh*kw, C] (see
 // depthwise's wrapper), so the mix is E contiguous passes over a buffer that stays in L1/L2.
@@ -220,7 +237,7 @@ at::Tensor depthwise(const at::Tensor& x, const at::Tensor& experts, const at::T
   // thread takes 16 whole samples, at batch 1 half of the channel blocks, at batch 3 one and a half samples. A
   // thread mixes only the channels of its run, once per sample, into a buffer that stays in cache.
   at::parallel_for(0, B * blocks, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> w(kk * C);
+    ScratchFloats w(kk * C);
     for (int64_t i = i0; i < i1;) {
       const int64_t b = i / blocks, blk0 = i % blocks, blk1 = std::min(blocks, blk0 + (i1 - i));
       const bool whole = blk0 == 0 && blk1 == blocks;
@@ -461,7 +478,7 @@ at::Tensor pointwise(const at::Tensor& x, const at::Tensor& experts, const at::T
                                                                                   M / block));
   const int64_t part_len = (M / block + parts - 1) / parts * block;
   at::parallel_for(0, pairs * parts, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> buffer(G * kc * kPanel);
+    ScratchFloats buffer(G * kc * kPanel);
     int64_t mixed = -1;  // the (panel, group) pair in the buffer, when it holds all K rows
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t pair = i / parts, j = pair / groups, b0 = (pair % groups) * G, g = std::min(G, B - b0);
