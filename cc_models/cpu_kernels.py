@@ -1,10 +1,11 @@
 """C++ kernels for CondConv on CPU, in the inference form.
 
-``CondConv2d`` calls :func:`depthwise` for the k x k depthwise CondConvs of a fused model
-(``model.eval().fuse()``) on a channels_last float32 CPU input, :func:`pointwise` for its 1x1 CondConvs where
-:func:`pointwise_applies` (AVX-512 builds; a GEMM that mixes each sample's kernel as its packing step, with the SE
-gate folded in), and else :func:`bias_silu_` to end the pointwise CondConvs followed by a SiLU (bias and SiLU in one
-pass after the batched product). The depthwise kernel
+``CondConv2d`` calls :func:`run` in a fused model (``model.eval().fuse()``): on a channels_last float32 CPU input
+it runs the depthwise kernel for the k x k depthwise CondConvs and, where :func:`pointwise_applies` (AVX-512
+builds), the pointwise kernel for the 1x1 ones (a GEMM that mixes each sample's kernel as its packing step, with the
+SE gate folded in); else the layer ends its pointwise CondConvs followed by a SiLU with :func:`bias_silu_` (bias and
+SiLU in one pass after the batched product). :func:`depthwise` and :func:`pointwise` are the same kernels for one
+call, their operands worked out on the spot. The depthwise kernel
 (``csrc/condconv_cpu.cpp``) mixes each sample's kernel from the experts into a buffer that
 stays in cache and convolves straight from the channels_last input, bias and SiLU in
 registers. On B0's depthwise CondConvs (2 threads, ``python -m bench.conv_forms``):
@@ -237,12 +238,76 @@ def _experts_panels(layer: nn.Module) -> torch.Tensor:
     return _experts_layout(layer, "panels", build)
 
 
-def depthwise(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor, bias: torch.Tensor | None,
-              padding: tuple[int, int, int, int] | None) -> torch.Tensor:
-    """``layer``'s output for ``x`` (channels_last) with its ``epilogue_act``; the caller checked :func:`applies`.
+# layer -> (weight key, {(input shape, threads): the kernel and its operands}): what a call of :func:`run` would
+# otherwise work out again every time. Dropped, with every shape's plan, when the weight or the epilogue changes.
+_plans: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, dict[tuple, tuple]]] = weakref.WeakKeyDictionary()
 
-    ``bias``: [C] or [B, C] or None. ``padding``: F.pad order (left, right, top, bottom), TF "SAME"'s for this
-    input, or None for the layer's own symmetric padding."""
+
+def run(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor, gate: torch.Tensor | None = None
+        ) -> torch.Tensor | None:
+    """``layer``'s output (a ``CondConv2d`` in its inference form) through the C++ kernel that fits it, or None
+    where none does (the caller then takes the PyTorch form).
+
+    Whether a kernel applies (:func:`applies`, :func:`pointwise_applies`) and its operands (the experts' layout, the
+    padding, the group size) are worked out once per layer, input shape and thread count; each call checks only
+    what can change between calls of the same shape: the operands' device, dtype and memory format, autograd,
+    tracing, compiling, dispatch modes and ``CC_MODELS_CPU_KERNELS``. Worked out on every call, that Python cost
+    about 49 us a call beyond the op (b1_8e at batch 1, each layer on its own input after the kernels have left the
+    caches cold), now about 20: 1.02-1.04x the whole model at batch 1 (b0_4e, b0_8e, b1_8e; 2 threads, in-model
+    A/B), within the noise at batch 8 and 32."""
+    weight = layer._parameters["weight"]  # the module dicts straight: nn.Module.__getattr__ costs 0.5 us a name
+    weight_key = (weight.data_ptr(), -1 if weight.is_inference() else weight._version, layer.epilogue_act)
+    entry = _plans.get(layer)
+    plan = entry[1].get((x.shape, torch.get_num_threads())) if entry is not None and entry[0] == weight_key else None
+    if plan is None:
+        plan = _plan(layer, x, routing, gate, weight_key)
+        if plan is None:
+            return None
+    elif not _may_run_now(x, weight, routing):
+        return None
+    expert_bias = layer._parameters.get("bias")
+    bias = layer._buffers.get("static_bias") if expert_bias is None else layer._mixed_bias(routing)
+    if plan[0] == "pointwise":
+        return pointwise_call(x, routing, bias, gate, plan[1])
+    return depthwise_call(x, routing, bias, plan[1])
+
+
+def _plan(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor, gate: torch.Tensor | None,
+          weight_key: tuple) -> tuple | None:
+    """The kernel for ``layer`` on inputs shaped like ``x`` and its operands, kept for the next calls; None (and
+    nothing kept) where neither kernel applies to this call."""
+    if layer.pointwise:
+        if not pointwise_applies(layer, x, routing):
+            return None
+        threads = torch.get_num_threads()
+        plan = ("pointwise", (_experts_panels(layer), layer.out_channels, layer.epilogue_act == "silu",
+                              group_size(layer.in_channels, layer.num_experts, layer.out_channels, x.shape[0], threads)))
+    elif gate is None and applies(layer, x, routing):
+        from cc_models.layers.padding import same_padding_for  # here: cc_models.layers imports this module
+
+        padding = (same_padding_for(x, layer.kernel_size, layer.stride, layer.dilation) if layer.dynamic_padding
+                   else None)
+        plan = ("depthwise", _depthwise_operands(layer, x, padding))
+    else:
+        return None
+    entry = _plans.get(layer)
+    if entry is None or entry[0] != weight_key:
+        entry = _plans[layer] = (weight_key, {})
+    entry[1][(x.shape, torch.get_num_threads())] = plan
+    return plan
+
+
+def _may_run_now(x: torch.Tensor, weight: torch.Tensor, routing: torch.Tensor) -> bool:
+    """What :func:`_may_run` and the kernels' input checks ask that can change between calls of one shape."""
+    return (x.is_cpu and routing.is_cpu and x.dtype is torch.float32 and routing.dtype is torch.float32
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or routing.requires_grad))
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.compiler.is_compiling()
+            and not _dispatch_mode_active() and enabled())
+
+
+def _depthwise_operands(layer: nn.Module, x: torch.Tensor, padding: tuple[int, int, int, int] | None) -> tuple:
+    """The depthwise op's operands after x, routing and bias: (experts, kh, kw, stride, pad_t, pad_l, Ho, Wo, silu)."""
     kh, kw = layer.kernel_size
     stride = layer.stride[0]
     if padding is None:
@@ -251,8 +316,29 @@ def depthwise(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor, bias: to
     left, right, top, bottom = padding
     ho = (x.shape[-2] + top + bottom - kh) // stride + 1
     wo = (x.shape[-1] + left + right - kw) // stride + 1
-    return torch.ops.cc_condconv.depthwise(x, _experts_taps_outer(layer), routing, bias, kh, kw, stride, top, left,
-                                           ho, wo, layer.epilogue_act == "silu")
+    return (_experts_taps_outer(layer), kh, kw, stride, top, left, ho, wo, layer.epilogue_act == "silu")
+
+
+def depthwise_call(x: torch.Tensor, routing: torch.Tensor, bias: torch.Tensor | None, operands: tuple) -> torch.Tensor:
+    """The depthwise op on ``x`` with operands from :func:`_depthwise_operands`."""
+    experts, *rest = operands
+    return torch.ops.cc_condconv.depthwise(x, experts, routing, bias, *rest)
+
+
+def pointwise_call(x: torch.Tensor, routing: torch.Tensor, bias: torch.Tensor | None, gate: torch.Tensor | None,
+                   operands: tuple) -> torch.Tensor:
+    """The pointwise op on ``x`` with operands (experts' panels, Cout, SiLU, group size)."""
+    panels, out_channels, silu, group = operands
+    return torch.ops.cc_condconv.pointwise(x, panels, routing, bias, gate, out_channels, silu, group)
+
+
+def depthwise(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor, bias: torch.Tensor | None,
+              padding: tuple[int, int, int, int] | None) -> torch.Tensor:
+    """``layer``'s output for ``x`` (channels_last) with its ``epilogue_act``; the caller checked :func:`applies`.
+
+    ``bias``: [C] or [B, C] or None. ``padding``: F.pad order (left, right, top, bottom), TF "SAME"'s for this
+    input, or None for the layer's own symmetric padding."""
+    return depthwise_call(x, routing, bias, _depthwise_operands(layer, x, padding))
 
 
 def bias_silu_(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -265,9 +351,9 @@ def pointwise(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor, bias: to
     """``layer``'s output for ``x`` (channels_last) with its ``epilogue_act``; the caller checked
     :func:`pointwise_applies`. ``bias``: [Cout] or [B, Cout] or None; ``gate``: [B, Cin] scaling the input
     channels (an SE gate folded into each sample's kernel) or None."""
-    return torch.ops.cc_condconv.pointwise(
-        x, _experts_panels(layer), routing, bias, gate, layer.out_channels, layer.epilogue_act == "silu",
-        group_size(layer.in_channels, layer.num_experts, layer.out_channels, x.shape[0], torch.get_num_threads()))
+    operands = (_experts_panels(layer), layer.out_channels, layer.epilogue_act == "silu",
+                group_size(layer.in_channels, layer.num_experts, layer.out_channels, x.shape[0], torch.get_num_threads()))
+    return pointwise_call(x, routing, bias, gate, operands)
 
 
 L2_DEFAULT = 2 << 20  # where the cache size cannot be read: the 2 MiB of the Xeon these rules were measured on

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ comp
 @pytest.fixture
 def calls(count_calls):
     """How many times the layers ran each kernel."""
-    return count_calls(cpu_kernels, "depthwise", "bias_silu_")
+    return count_calls(cpu_kernels, "depthwise_call", "bias_silu_")
 
 
 def _layer(channels: int, kernel: int, stride: int, padding: str, experts: int, *, expert_bias: bool,
@@ -84,7 +84,7 @@ def test_kernel_matches_per_sample_convolution(channels, kernel, stride, padding
     routing = torch.rand(batch, 4, generator=g)
     with torch.inference_mode():
         out = layer(x, routing)
-    assert calls["depthwise"] == 1
+    assert calls["depthwise_call"] == 1
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out.double(), _oracle(layer, x, routing), atol=2e-5, rtol=2e-5)
 
@@ -97,7 +97,7 @@ def test_kernel_without_bias_or_activation(silu, static_bias, calls):
     routing = torch.rand(2, 8)
     with torch.inference_mode():
         out = layer(x, routing)
-    assert calls["depthwise"] == 1
+    assert calls["depthwise_call"] == 1
     torch.testing.assert_close(out.double(), _oracle(layer, x, routing), atol=2e-5, rtol=2e-5)
 
 
@@ -129,7 +129,7 @@ def test_whole_model_runs_the_kernel_and_matches_timm(calls, monkeypatch):
     with torch.inference_mode():
         expected = theirs(x)
         out = fused(x.contiguous(memory_format=torch.channels_last))
-    assert calls["depthwise"] == len(depthwise) > 0
+    assert calls["depthwise_call"] == len(depthwise) > 0
     assert calls["bias_silu_"] == len(expansions) > 0
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
 
@@ -180,12 +180,33 @@ def test_kernel_is_skipped_where_it_does_not_apply(calls, monkeypatch):
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:  # an opaque op would hide the conv
         layer(x.contiguous(memory_format=torch.channels_last), routing)
     assert counter.get_total_flops() > 0
-    assert calls["depthwise"] == 0
+    assert calls["depthwise_call"] == 0
     torch.testing.assert_close(off.double(), expected, atol=2e-5, rtol=2e-5)
     # autograd: the kernel has no backward, so a training step keeps the differentiable form
     xg = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     layer(xg, routing).sum().backward()
-    assert calls["depthwise"] == 0 and xg.grad is not None
+    assert calls["depthwise_call"] == 0 and xg.grad is not None
+
+
+def test_a_kept_plan_still_steps_aside_call_by_call(calls, monkeypatch):
+    layer = _layer(32, 5, 2, "same", 4, expert_bias=True, static_bias=True, silu=True, seed=8)
+    x = torch.randn(2, 32, 9, 9).contiguous(memory_format=torch.channels_last)
+    routing = torch.rand(2, 4)
+    expected = _oracle(layer, x, routing)
+    with torch.inference_mode():
+        layer(x, routing)  # works out the padding and the layout for this shape
+        outs = {"NCHW input of the same shape": layer(x.contiguous(), routing)}
+        monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")
+        outs[f"{cpu_kernels.ENV_SWITCH}=0"] = layer(x, routing)
+        monkeypatch.delenv(cpu_kernels.ENV_SWITCH)
+    xg = x.clone().requires_grad_()
+    outs["autograd"] = layer(xg, routing)
+    assert calls["depthwise_call"] == 1
+    with torch.inference_mode():
+        outs["the kernel again"] = layer(x, torch.rand(2, 4).copy_(routing))
+    assert calls["depthwise_call"] == 2
+    for case, out in outs.items():
+        torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=2e-5, msg=case)
 
 
 def test_expert_layout_follows_weight_updates(calls):
@@ -199,7 +220,7 @@ def test_expert_layout_follows_weight_updates(calls):
     with torch.inference_mode():
         out = layer(x, routing)
     torch.testing.assert_close(out.double(), _oracle(layer, x, routing), atol=2e-5, rtol=2e-5)
-    assert calls["depthwise"] == 2
+    assert calls["depthwise_call"] == 2
 
 
 def test_op_rejects_bad_operands_with_a_message():

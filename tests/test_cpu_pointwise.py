@@ -31,7 +31,7 @@ needs_kernel = pytest.mark.skipif(
 
 @pytest.fixture
 def calls(count_calls):
-    return count_calls(cpu_kernels, "pointwise", "bias_silu_")
+    return count_calls(cpu_kernels, "pointwise_call", "bias_silu_")
 
 
 def _layer(cin: int, cout: int, experts: int, *, expert_bias: bool = False, static_bias: bool = True,
@@ -78,7 +78,7 @@ def test_kernel_matches_per_sample_convolution(cin, cout, h, w, batch, experts, 
     routing, gate = torch.rand(batch, experts), torch.rand(batch, cin)
     with torch.inference_mode():
         out = layer(x, routing, gate)
-    assert calls["pointwise"] == 1
+    assert calls["pointwise_call"] == 1
     assert out.is_contiguous(memory_format=torch.channels_last) and out.shape == (batch, cout, h, w)
     torch.testing.assert_close(out.double(), _oracle(layer, x, routing, gate), atol=2e-5, rtol=2e-5)
 
@@ -94,7 +94,7 @@ def test_kernel_bias_gate_and_activation(silu, bias, with_gate, calls):
     gate = torch.rand(2, 56) if with_gate else None
     with torch.inference_mode():
         out = layer(x, routing, gate)
-    assert calls["pointwise"] == 1
+    assert calls["pointwise_call"] == 1
     torch.testing.assert_close(out.double(), _oracle(layer, x, routing, gate), atol=2e-5, rtol=2e-5)
 
 
@@ -110,7 +110,7 @@ def test_other_layers_keep_the_batched_product_and_the_gate(case, calls, monkeyp
     routing, gate = torch.rand(batch, experts), torch.rand(batch, 24)
     with torch.inference_mode():
         out = layer(x, routing, gate)
-    assert calls["pointwise"] == 0
+    assert calls["pointwise_call"] == 0
     torch.testing.assert_close(out.double(), _oracle(layer, x, routing, gate), atol=2e-5, rtol=2e-5)
 
 
@@ -126,7 +126,63 @@ def test_kernel_steps_aside_for_autograd_and_flop_counters(calls):
     assert counter.get_total_flops() > 0
     xg = x.clone().requires_grad_()
     layer(xg, routing).sum().backward()
-    assert calls["pointwise"] == 0 and xg.grad is not None
+    assert calls["pointwise_call"] == 0 and xg.grad is not None
+
+
+@needs_kernel
+def test_a_kept_plan_still_steps_aside_call_by_call(calls, monkeypatch):
+    """run() works out a layer's operands once per input shape; what can change between two calls of that shape
+    must still send a call to the PyTorch form."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer = _layer(24, 32, 4, seed=15)
+    x = torch.randn(2, 24, 5, 5).contiguous(memory_format=torch.channels_last)
+    routing, gate = torch.rand(2, 4), torch.rand(2, 24)
+    expected = _oracle(layer, x, routing, gate)
+    with torch.inference_mode():
+        layer(x, routing, gate)
+    assert calls["pointwise_call"] == 1
+    with torch.inference_mode():
+        outs = {"NCHW input of the same shape": layer(x.contiguous(), routing, gate)}
+        with FlopCounterMode(display=False) as counter:
+            outs["a FlopCounterMode"] = layer(x, routing, gate)
+        assert counter.get_total_flops() > 0
+        monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")
+        outs[f"{cpu_kernels.ENV_SWITCH}=0"] = layer(x, routing, gate)
+        monkeypatch.delenv(cpu_kernels.ENV_SWITCH)
+    xg = x.clone().requires_grad_()
+    outs["autograd"] = layer(xg, routing, gate)
+    outs["autograd"].sum().backward()
+    assert calls["pointwise_call"] == 1 and xg.grad is not None
+    for case, out in outs.items():
+        torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=2e-5, msg=case)
+    with torch.inference_mode():
+        out = layer(x, routing, gate)
+    assert calls["pointwise_call"] == 2
+    torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=2e-5)
+
+
+@needs_kernel
+def test_plans_are_kept_per_shape_and_threads_and_follow_the_epilogue(calls, monkeypatch, two_threads):
+    layer = _layer(1152, 192, 8, seed=16)  # grouped at batch 8 on 2 threads, not at batch 1
+    sizes = []
+    group_size = cpu_kernels.group_size
+    monkeypatch.setattr(cpu_kernels, "group_size", lambda *a: sizes.append(group_size(*a)) or sizes[-1])
+    xs = {b: torch.randn(b, 1152, 7, 7).contiguous(memory_format=torch.channels_last) for b in (1, 8)}
+    routing = {b: torch.rand(b, 8) for b in xs}
+    with torch.inference_mode():
+        for b in (1, 8, 1, 8):
+            torch.testing.assert_close(layer(xs[b], routing[b]).double(), _oracle(layer, xs[b], routing[b], None),
+                                       atol=2e-5, rtol=2e-5)
+        assert sizes == [1, 4]  # each shape worked out once
+        torch.set_num_threads(1)
+        layer(xs[8], routing[8])
+        assert sizes == [1, 4, 8]  # one thread: more samples to a group
+        torch.set_num_threads(2)
+        layer.epilogue_act = None  # a plan keeps the SiLU flag: a new epilogue must not reuse it
+        out = layer(xs[8], routing[8])
+    assert calls["pointwise_call"] == 6
+    torch.testing.assert_close(out.double(), _oracle(layer, xs[8], routing[8], None), atol=2e-5, rtol=2e-5)
 
 
 @needs_kernel
@@ -140,7 +196,7 @@ def test_expert_panels_follow_weight_updates(calls):
         layer.weight.mul_(-2.0)  # in place: the cached [panels, Cin, E, 48] copy must be rebuilt
     with torch.inference_mode():
         out = layer(x, routing)
-    assert calls["pointwise"] == 2
+    assert calls["pointwise_call"] == 2
     torch.testing.assert_close(out.double(), _oracle(layer, x, routing, None), atol=2e-5, rtol=2e-5)
 
 
@@ -156,7 +212,7 @@ def test_expert_panels_live_in_huge_pages(huge, calls, monkeypatch):
     with torch.inference_mode():
         out = layer(x, routing)
     panels = cpu_kernels._experts_panels(layer)
-    assert calls["pointwise"] == 1
+    assert calls["pointwise_call"] == 1
     # a mapping of its own (not torch's memory, which tune_cpu may have had advised in this process too)
     assert (panels.untyped_storage().nbytes() == panels.numel() * 4 + hugepages.HUGE_PAGE) is huge
     if huge:
@@ -185,7 +241,7 @@ def test_whole_model_folds_the_se_gate_and_matches_timm(variant, batch, calls, c
     with torch.inference_mode():
         expected = theirs(x)
         out = fused(x.contiguous(memory_format=torch.channels_last))
-    assert calls["pointwise"] == len(pointwise) > 0 and calls["bias_silu_"] == 0
+    assert calls["pointwise_call"] == len(pointwise) > 0 and calls["bias_silu_"] == 0
     # B0-8e's 1152-channel projections mix their samples in groups at batch 8 (4 per group on 2 threads)
     grouped = 3 if variant.endswith("8e") and batch == 8 and torch.get_num_threads() == 2 else 0
     assert sum(size > 1 for size in sizes) >= grouped
@@ -290,8 +346,8 @@ AVX2_BUILD = """
     from bench.calibrate import randomize_
     cpu_kernels.CFLAGS = tuple("-march=haswell" if f == "-march=native" else f for f in cpu_kernels.CFLAGS)
     assert cpu_kernels.available(), cpu_kernels.failure()
-    depthwise, calls = cpu_kernels.depthwise, []
-    cpu_kernels.depthwise = lambda *a, **k: calls.append(1) or depthwise(*a, **k)
+    depthwise, calls = cpu_kernels.depthwise_call, []
+    cpu_kernels.depthwise_call = lambda *a, **k: calls.append(1) or depthwise(*a, **k)
     ours = randomize_(cc_models.from_index("tf_efficientnet_cc_b0_4e"), seed=0, size=(224, 224)).eval()
     theirs = timm.create_model("tf_efficientnet_cc_b0_4e").eval()
     theirs.load_state_dict(ours.state_dict())

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from .. import cpu_kernels, kernels, onednn
 from .helpers import to_2tuple
-from .padding import resolve_padding, same_conv_operands, same_padding_for
+from .padding import resolve_padding, same_conv_operands
 
 
 class CondConv2d(nn.Module):
@@ -100,16 +100,18 @@ class CondConv2d(nn.Module):
     def forward(self, x: torch.Tensor, routing_weights: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: [B, C, H, W]; ``routing_weights``: [B, num_experts]; ``gate``: [B, C] or None, a per-sample scale
         of the input channels (the SE gate before a projection), folded into the kernel where the CPU kernel runs."""
-        if self.inference and self.pointwise and cpu_kernels.pointwise_applies(self, x, routing_weights):
-            return cpu_kernels.pointwise(self, x, routing_weights, self._mixed_bias(routing_weights), gate)
+        if self.inference and x.is_cpu:  # the C++ kernels; None where they don't apply
+            if gate is not None and not self.pointwise:  # only the pointwise kernel folds a gate in
+                x, gate = x * gate[:, :, None, None], None
+            out = cpu_kernels.run(self, x, routing_weights, gate)
+            if out is not None:
+                return out
         if gate is not None:
             x = x * gate[:, :, None, None]
         if x.is_cuda:  # Triton kernels mixing the experts inside the convolution; None where they don't apply
             out = kernels.cuda_forward(self, x, routing_weights)
             if out is not None:
                 return out
-        elif self.inference and not self.pointwise and cpu_kernels.applies(self, x, routing_weights):
-            return self._forward_cpu_kernel(x, routing_weights)
         weight = torch.matmul(routing_weights, self.weight)  # [B, P]: this sample's kernel
         bias = self._mixed_bias(routing_weights)
         if bias is not None and bias.dim() == 1:
@@ -161,13 +163,6 @@ class CondConv2d(nn.Module):
             return self.static_bias
         mixed = torch.matmul(routing_weights, self.bias)
         return mixed if self.static_bias is None else mixed + self.static_bias
-
-    def _forward_cpu_kernel(self, x: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
-        """The depthwise CondConv through the C++ kernel (``cc_models.cpu_kernels``): each sample's kernel mixed in
-        cache and convolved from the channels_last input, bias and SiLU in its epilogue."""
-        bias = self._mixed_bias(routing_weights)
-        padding = same_padding_for(x, self.kernel_size, self.stride, self.dilation) if self.dynamic_padding else None
-        return cpu_kernels.depthwise(self, x, routing_weights, bias, padding)
 
     def _forward_bmm_silu(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """``_forward_bmm`` then the SiLU, the bias and SiLU in one pass after the product (``cpu_kernels.bias_silu_``)
