@@ -255,6 +255,8 @@ def run(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor, gate: torch.Te
     about 49 us a call beyond the op (b1_8e at batch 1, each layer on its own input after the kernels have left the
     caches cold), now about 20: 1.02-1.04x the whole model at batch 1 (b0_4e, b0_8e, b1_8e; 2 threads, in-model
     A/B), within the noise at batch 8 and 32."""
+    if torch.compiler.is_compiling():  # torch.compile traces the PyTorch form; the plans' keys read real tensors
+        return None
     weight = layer._parameters["weight"]  # the module dicts straight: nn.Module.__getattr__ costs 0.5 us a name
     weight_key = (weight.data_ptr(), -1 if weight.is_inference() else weight._version, layer.epilogue_act)
     entry = _plans.get(layer)

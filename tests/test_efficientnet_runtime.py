@@ -123,6 +123,22 @@ def test_torch_compile_full_model_without_graph_breaks(model, images, reference)
         torch.testing.assert_close(compiled(images), reference, rtol=0, atol=1e-5)
 
 
+def test_torch_compile_fused_model_without_graph_breaks():
+    """The inference form under torch.compile: the CPU kernels' per-layer plans step aside before touching a traced
+    tensor (their keys read data pointers and versions), so the graph is the PyTorch form, whole."""
+    arch = dataclasses.replace(
+        cc_models.get_entry(NAME).arch, stem_size=8, num_features=32, num_classes=10, drop_rate=0.0,
+        drop_path_rate=0.0, stages=(StageSpec("ir", 1, 3, 2, 2.0, 16, 0.25, experts=2),))
+    fused = randomize_(cc_models.build_efficientnet(arch), seed=0, size=(32, 32)).eval().fuse()
+    fused = fused.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 33, 40, generator=torch.Generator().manual_seed(0)).contiguous(
+        memory_format=torch.channels_last)
+    with torch.inference_mode():
+        eager = fused(x)  # the kernels' plans exist before tracing starts
+        compiled = torch.compile(fused, backend="aot_eager", fullgraph=True, dynamic=False)(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_torch_compile_inductor_small_config():
     """Inductor codegen on a one-block CondConv config from the same builder (the full model takes minutes)."""
