@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import cpu_kernels
 from .layers import BatchNormAct2d, CondConv2d, DropPath, SqueezeExcite, create_conv2d, make_divisible
 
 NormLayer = Callable[..., BatchNormAct2d]  # (channels, apply_act=True) -> BatchNormAct2d
@@ -101,8 +102,12 @@ class CondConvResidual(InvertedResidual):
     def routing(self, x: torch.Tensor) -> torch.Tensor:
         """Each sample's expert weights [B, E], shared by the block's three CondConvs."""
         if self.inference and not torch.jit.is_tracing():
-            # The fused model: the mean's division rides in the matrix product (as in SqueezeExcite).
+            # The fused model: one C++ pass on CPU, else the mean's division rides in the matrix product (as in
+            # SqueezeExcite).
             fn = self.routing_fn
+            out = cpu_kernels.routing(x, fn.weight, fn.bias)
+            if out is not None:
+                return out
             return torch.addmm(fn.bias, x.sum((2, 3)), fn.weight.t(), alpha=1.0 / (x.shape[-2] * x.shape[-1])).sigmoid_()
         # adaptive_avg_pool2d (not mean) as in timm: FLOP counters then count the routing pool identically.
         return torch.sigmoid(self.routing_fn(F.adaptive_avg_pool2d(x, 1).flatten(1)))
