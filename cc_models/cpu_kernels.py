@@ -300,12 +300,12 @@ def _plan(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor, gate: torch.
 
 
 def _may_run_now(x: torch.Tensor, weight: torch.Tensor, routing: torch.Tensor) -> bool:
-    """What :func:`_may_run` and the kernels' input checks ask that can change between calls of one shape."""
+    """What :func:`_may_run` and the kernels' input checks ask that can change between calls of one shape (run()
+    has stepped aside under torch.compile already; TorchScript never runs this Python)."""
     return (x.is_cpu and routing.is_cpu and x.dtype is torch.float32 and routing.dtype is torch.float32
             and x.is_contiguous(memory_format=torch.channels_last)
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or routing.requires_grad))
-            and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.compiler.is_compiling()
-            and not _dispatch_mode_active() and enabled())
+            and not torch.jit.is_tracing() and not _dispatch_mode_active() and enabled())
 
 
 def _depthwise_operands(layer: nn.Module, x: torch.Tensor, padding: tuple[int, int, int, int] | None) -> tuple:
@@ -334,7 +334,7 @@ def pointwise_call(x: torch.Tensor, routing: torch.Tensor, bias: torch.Tensor | 
     return torch.ops.cc_condconv.pointwise(x, panels, routing, bias, gate, out_channels, silu, group)
 
 
-def routing(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+def block_routing(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
     """A CondConv block's routing, ``sigmoid(mean of x over its pixels @ weight.T + bias)`` [B, E], in one C++ pass
     over a channels_last float32 CPU input; None where the op does not apply (the caller takes the PyTorch form).
     PyTorch's form is four small ops whose calls cost 65-85 us per block at batch 1 (2.7-3.0% of b0_8e and b1_8e)."""

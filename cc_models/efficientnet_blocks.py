@@ -105,7 +105,7 @@ class CondConvResidual(InvertedResidual):
             # The fused model: one C++ pass on CPU, else the mean's division rides in the matrix product (as in
             # SqueezeExcite).
             fn = self.routing_fn
-            out = cpu_kernels.routing(x, fn.weight, fn.bias)
+            out = cpu_kernels.block_routing(x, fn.weight, fn.bias)
             if out is not None:
                 return out
             return torch.addmm(fn.bias, x.sum((2, 3)), fn.weight.t(), alpha=1.0 / (x.shape[-2] * x.shape[-1])).sigmoid_()

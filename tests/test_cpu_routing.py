@@ -1,5 +1,5 @@
-"""The C++ routing op of the CPU inference form (cc_models.cpu_kernels.routing): a CondConv block's
-sigmoid(mean over pixels @ W.T + b) in one pass.
+"""The C++ routing op of the CPU inference form (cc_models.cpu_kernels.block_routing): a CondConv
+block's sigmoid(mean over pixels @ W.T + b) in one pass.
 
 Oracles: the same formula in float64, and timm's model for the whole network."""
 from __future__ import annotations
@@ -28,7 +28,7 @@ def test_op_matches_the_mean_through_the_linear_layer(batch, channels, h, w, exp
     x = torch.randn(batch, channels, h, w).contiguous(memory_format=torch.channels_last)
     weight, bias = torch.randn(experts, channels) * 0.1, torch.randn(experts)
     with torch.inference_mode():
-        out = cpu_kernels.routing(x, weight, bias)
+        out = cpu_kernels.block_routing(x, weight, bias)
     assert out is not None and out.shape == (batch, experts)
     torch.testing.assert_close(out.double(), _oracle(x, weight, bias), atol=1e-6, rtol=1e-6)
 
@@ -37,15 +37,15 @@ def test_op_steps_aside_where_it_does_not_apply(monkeypatch):
     x = torch.randn(2, 16, 5, 5).contiguous(memory_format=torch.channels_last)
     weight, bias = torch.randn(4, 16), torch.randn(4)
     with torch.inference_mode():
-        assert cpu_kernels.routing(x.contiguous(), weight, bias) is None  # NCHW
-        assert cpu_kernels.routing(x.double(), weight.double(), bias.double()) is None
-        assert cpu_kernels.routing(x, weight, None) is None
-        assert cpu_kernels.routing(x, weight.t().contiguous().t(), bias) is None  # a strided weight
+        assert cpu_kernels.block_routing(x.contiguous(), weight, bias) is None  # NCHW
+        assert cpu_kernels.block_routing(x.double(), weight.double(), bias.double()) is None
+        assert cpu_kernels.block_routing(x, weight, None) is None
+        assert cpu_kernels.block_routing(x, weight.t().contiguous().t(), bias) is None  # a strided weight
         monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")
-        assert cpu_kernels.routing(x, weight, bias) is None
+        assert cpu_kernels.block_routing(x, weight, bias) is None
         monkeypatch.delenv(cpu_kernels.ENV_SWITCH)
-        assert cpu_kernels.routing(x, weight, bias) is not None
-    assert cpu_kernels.routing(x.clone().requires_grad_(), weight, bias) is None  # autograd needs the ATen form
+        assert cpu_kernels.block_routing(x, weight, bias) is not None
+    assert cpu_kernels.block_routing(x.clone().requires_grad_(), weight, bias) is None  # autograd needs the ATen form
 
 
 def test_op_rejects_bad_operands_with_a_message():
@@ -71,8 +71,8 @@ def test_fused_blocks_route_through_the_op_and_match_timm(variant, monkeypatch):
     theirs.load_state_dict(ours.state_dict())
     fused = copy.deepcopy(ours).fuse().to(memory_format=torch.channels_last)
     ran = []
-    routing = cpu_kernels.routing
-    monkeypatch.setattr(cpu_kernels, "routing", lambda *a: ran.append(routing(*a)) or ran[-1])
+    routing = cpu_kernels.block_routing
+    monkeypatch.setattr(cpu_kernels, "block_routing", lambda *a: ran.append(routing(*a)) or ran[-1])
     x = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
         expected = theirs(x)
