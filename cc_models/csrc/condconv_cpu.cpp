@@ -30,7 +30,7 @@ namespace {
 class ScratchFloats {
  public:
   explicit ScratchFloats(int64_t n)
-      : ptr_(static_cast<float*>(std::aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64)), &std::free) {
+      : ptr_(static_cast<float*>(std::aligned_alloc(64, std::max<int64_t>(1, (n * int64_t{sizeof(float)} + 63) / 64) * 64)), &std::free) {
     TORCH_CHECK(ptr_ != nullptr, "out of memory for a scratch buffer of ", n, " floats");
   }
   float* data() const { return ptr_.get(); }
