@@ -241,6 +241,7 @@ def _experts_panels(layer: nn.Module) -> torch.Tensor:
 # layer -> (weight key, {(input shape, threads): the kernel and its operands}): what a call of :func:`run` would
 # otherwise work out again every time. Dropped, with every shape's plan, when the weight or the epilogue changes.
 _plans: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, dict[tuple, tuple]]] = weakref.WeakKeyDictionary()
+MAX_PLANS = 16  # shapes kept per layer before its plans start over
 
 
 def run(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor, gate: torch.Tensor | None = None
@@ -293,8 +294,8 @@ def _plan(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor, gate: torch.
     else:
         return None
     entry = _plans.get(layer)
-    if entry is None or entry[0] != weight_key:
-        entry = _plans[layer] = (weight_key, {})
+    if entry is None or entry[0] != weight_key or len(entry[1]) >= MAX_PLANS:
+        entry = _plans[layer] = (weight_key, {})  # a server fed ever new image sizes keeps the latest few
     entry[1][(x.shape, torch.get_num_threads())] = plan
     return plan
 

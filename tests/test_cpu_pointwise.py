@@ -186,6 +186,17 @@ def test_plans_are_kept_per_shape_and_threads_and_follow_the_epilogue(calls, mon
 
 
 @needs_kernel
+def test_plans_per_layer_are_bounded():
+    """Ever new input sizes (a server resizing nothing) must not grow a layer's plans without end."""
+    layer = _layer(24, 32, 4, seed=17)
+    with torch.inference_mode():
+        for size in range(1, 3 * cpu_kernels.MAX_PLANS):
+            x = torch.randn(1, 24, size, 3).contiguous(memory_format=torch.channels_last)
+            layer(x, torch.rand(1, 4))
+            assert len(cpu_kernels._plans[layer][1]) <= cpu_kernels.MAX_PLANS
+
+
+@needs_kernel
 def test_expert_panels_follow_weight_updates(calls):
     layer = _layer(24, 32, 4, seed=12)
     x = torch.randn(2, 24, 7, 7).contiguous(memory_format=torch.channels_last)
