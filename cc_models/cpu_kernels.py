@@ -4,8 +4,8 @@
 it runs the depthwise kernel for the k x k depthwise CondConvs and, where :func:`pointwise_applies` (AVX-512
 builds), the pointwise kernel for the 1x1 ones (a GEMM that mixes each sample's kernel as its packing step, with the
 SE gate folded in); else the layer ends its pointwise CondConvs followed by a SiLU with :func:`bias_silu_` (bias and
-SiLU in one pass after the batched product). :func:`depthwise` and :func:`pointwise` are the same kernels for one
-call, their operands worked out on the spot. The depthwise kernel
+SiLU in one pass after the batched product). :func:`pointwise` is the pointwise kernel for one call, its operands
+worked out on the spot (``bench.conv_forms`` times it). The depthwise kernel
 (``csrc/condconv_cpu.cpp``) mixes each sample's kernel from the experts into a buffer that
 stays in cache and convolves straight from the channels_last input, bias and SiLU in
 registers. On B0's depthwise CondConvs (2 threads, ``python -m bench.conv_forms``):
@@ -131,7 +131,8 @@ def _may_run(*tensors: torch.Tensor) -> bool:
 
 
 def applies(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor) -> bool:
-    """Whether ``layer`` (a depthwise ``CondConv2d`` in its inference form) may run :func:`depthwise` on ``x``."""
+    """Whether ``layer`` (a depthwise ``CondConv2d`` in its inference form) may run the depthwise kernel on ``x``
+    (:func:`run` asks)."""
     return (x.dim() == 4 and x.numel() > 0 and x.is_contiguous(memory_format=torch.channels_last)
             and layer.groups == layer.in_channels == layer.out_channels and layer.dilation == (1, 1)
             and layer.stride[0] == layer.stride[1] and layer.epilogue_act in (None, "silu")
@@ -282,9 +283,7 @@ def _plan(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor, gate: torch.
     if layer.pointwise:
         if not pointwise_applies(layer, x, routing):
             return None
-        threads = torch.get_num_threads()
-        plan = ("pointwise", (_experts_panels(layer), layer.out_channels, layer.epilogue_act == "silu",
-                              group_size(layer.in_channels, layer.num_experts, layer.out_channels, x.shape[0], threads)))
+        plan = ("pointwise", _pointwise_operands(layer, x))
     elif gate is None and applies(layer, x, routing):
         from cc_models.layers.padding import same_padding_for  # here: cc_models.layers imports this module
 
@@ -330,7 +329,7 @@ def depthwise_call(x: torch.Tensor, routing: torch.Tensor, bias: torch.Tensor | 
 
 def pointwise_call(x: torch.Tensor, routing: torch.Tensor, bias: torch.Tensor | None, gate: torch.Tensor | None,
                    operands: tuple) -> torch.Tensor:
-    """The pointwise op on ``x`` with operands (experts' panels, Cout, SiLU, group size)."""
+    """The pointwise op on ``x`` with operands from :func:`_pointwise_operands`."""
     panels, out_channels, silu, group = operands
     return torch.ops.cc_condconv.pointwise(x, panels, routing, bias, gate, out_channels, silu, group)
 
@@ -350,15 +349,6 @@ def block_routing(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.cc_condconv.routing(x, weight, bias, 1.0 / (x.shape[-2] * x.shape[-1]))
 
 
-def depthwise(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor, bias: torch.Tensor | None,
-              padding: tuple[int, int, int, int] | None) -> torch.Tensor:
-    """``layer``'s output for ``x`` (channels_last) with its ``epilogue_act``; the caller checked :func:`applies`.
-
-    ``bias``: [C] or [B, C] or None. ``padding``: F.pad order (left, right, top, bottom), TF "SAME"'s for this
-    input, or None for the layer's own symmetric padding."""
-    return depthwise_call(x, routing, bias, _depthwise_operands(layer, x, padding))
-
-
 def bias_silu_(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``out`` ([B, M, N], contiguous) = SiLU(out + bias) in place, one pass; ``bias``: [N], [B, N] or None."""
     return torch.ops.cc_condconv.bias_silu_(out, bias)
@@ -369,9 +359,13 @@ def pointwise(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor, bias: to
     """``layer``'s output for ``x`` (channels_last) with its ``epilogue_act``; the caller checked
     :func:`pointwise_applies`. ``bias``: [Cout] or [B, Cout] or None; ``gate``: [B, Cin] scaling the input
     channels (an SE gate folded into each sample's kernel) or None."""
-    operands = (_experts_panels(layer), layer.out_channels, layer.epilogue_act == "silu",
-                group_size(layer.in_channels, layer.num_experts, layer.out_channels, x.shape[0], torch.get_num_threads()))
-    return pointwise_call(x, routing, bias, gate, operands)
+    return pointwise_call(x, routing, bias, gate, _pointwise_operands(layer, x))
+
+
+def _pointwise_operands(layer: nn.Module, x: torch.Tensor) -> tuple:
+    """The pointwise op's operands after x, routing, bias and gate: (experts' panels, Cout, SiLU, group size)."""
+    return (_experts_panels(layer), layer.out_channels, layer.epilogue_act == "silu",
+            group_size(layer.in_channels, layer.num_experts, layer.out_channels, x.shape[0], torch.get_num_threads()))
 
 
 L2_DEFAULT = 2 << 20  # where the cache size cannot be read: the 2 MiB of the Xeon these rules were measured on
