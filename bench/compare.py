@@ -22,7 +22,9 @@ third quartiles of the same ratio round by round ("[rounds q1-q3]"), which shows
 it within the run. On CPU every round also times the host reference of ``cc-bench run``
 (``bench.throughput.host_reference``: torchvision's MobileNetV2, none of our code or timm's): a host that is
 more than 10% slower than in the latest earlier compare run on the same fingerprint, threads and batch size
-(not itself flagged) is flagged on the row ("host SLOWER"), in the record and on the docs' results page. Against the same earlier run
+(not itself flagged) is flagged on the row ("host SLOWER"), in the record and on the docs' results page; after
+three flagged runs in a row whose host references agree within 5%, the host is taken as another host and
+the latest of them becomes the baseline (``--baseline RUN_ID`` names one outright). Against the same earlier run
 each ratio that fell by more than 10% is a regression (the row and the record's status say so, as
 ``cc-bench run``'s throughput check does; reported, not failed), unless the host was slower: a run under contention
 is not comparable with one without: in run 20261128T111555Z-5e9a ours and plain ran 6-34% slower than in run
@@ -82,6 +84,11 @@ TARGET_VS_PLAIN_GPU = 0.95
 HOST = "host_reference"  # the runner timing bench.throughput.host_reference beside the contenders (CPU)
 HOST_DROP = 0.10  # the host reference this much slower than in the previous compare run: the host is contended
 RATIO_DROP = 0.10  # a ratio this much below the previous compare run's, on a host that is not slower: a regression
+# A host that stays slower is another host, not contention: this many flagged runs in a row whose host reference
+# agrees within STEADY_SPREAD of their median make the latest of them the baseline. Without this a slower machine
+# behind the same fingerprint was flagged against the faster one's run for ever and never judged again.
+STEADY_RUNS = 3
+STEADY_SPREAD = 0.05
 MIN_TIME_S = 5.0  # CPU, without --repeats: timed calls per batch size, all contenders together
 MAX_REPEATS = 200
 DESCRIPTION = ("Build our model and timm's with the same weights, check their outputs agree within 1e-4 (unfused, "
@@ -172,11 +179,17 @@ class Row:
             self.host_quartiles = (self.batch_size / q3, self.batch_size / q1)
 
 
-def previous_run(history: list[dict] | None, row: Row, environment: dict) -> dict | None:
-    """The latest earlier compare run of ``row``'s model and batch size on the same fingerprint, threads and dtype
-    (history: bench.store.history rows) that was not itself flagged contended: its run_id and ratios, and its host
-    reference figure where it timed the same one (label); None without such a run. A contended run is no baseline:
-    its ratios are depressed, so the next run would look better than it is."""
+def previous_run(history: list[dict] | None, row: Row, environment: dict, baseline: str | None = None
+                 ) -> dict | None:
+    """The earlier compare run of ``row``'s model and batch size on the same fingerprint, threads and dtype
+    (history: bench.store.history rows) that ``row`` is judged against: its run_id and ratios, and its host
+    reference figure where it timed the same one (label); None without such a run.
+
+    That is run ``baseline`` where given (flagged or not), else the latest run not itself flagged contended: a
+    contended run's ratios are depressed, so the next run would look better than it is. Except where the
+    ``STEADY_RUNS`` runs since it were all flagged with host references within ``STEADY_SPREAD`` of their median:
+    the host is steadily slower (another machine behind the same fingerprint), and the latest of them is the
+    baseline (``"steady"`` lists them, ``"instead_of"`` names the run it replaces)."""
     fingerprint = environment.get("fingerprint_id")
     if not history or not fingerprint:
         return None
@@ -209,11 +222,38 @@ def previous_run(history: list[dict] | None, row: Row, environment: dict) -> dic
                 run["contended"] = True
             if isinstance(host, dict) and host.get("reference") == row.host_reference:
                 run["host_images_per_s"] = measured
-    found = [r for r in runs.values() if "ratio" in r and not r.get("contended")]
-    if not found:
-        return None
-    latest = max(found, key=lambda r: (r["timestamp"], r["run_id"]))
-    return {k: v for k, v in latest.items() if k not in ("timestamp", "contended")}
+    def public(run: dict) -> dict:
+        return {k: v for k, v in run.items() if k not in ("timestamp", "contended")}
+
+    if baseline is not None:
+        chosen = runs.get(baseline)
+        return public(chosen) if chosen is not None and "ratio" in chosen else None
+    order = sorted((r for r in runs.values() if "ratio" in r), key=lambda r: (r["timestamp"], r["run_id"]))
+    clean = [r for r in order if not r.get("contended")]
+    latest = clean[-1] if clean else None
+    since = order[order.index(latest) + 1:] if latest is not None else order
+    steady = since[-STEADY_RUNS:]
+    hosts = [r.get("host_images_per_s") for r in steady]
+    if len(steady) == STEADY_RUNS and all(hosts):
+        middle = statistics.median(hosts)
+        if all(abs(h / middle - 1) <= STEADY_SPREAD for h in hosts):
+            return {**public(steady[-1]), "steady": [r["run_id"] for r in steady],
+                    "instead_of": latest["run_id"] if latest is not None else None}
+    return public(latest) if latest is not None else None
+
+
+def check_baseline(run_id: str, history: list[dict] | None, results: Path, device: str) -> None:
+    """``--baseline``: a compare run in the store (rows of other fingerprints, threads or batch sizes are then
+    judged against nothing, and say so)."""
+    if device != "cpu":
+        raise UsageError("--baseline: only CPU compare runs are judged against an earlier run")
+    from registry import results_schema as schema
+
+    known = sorted({str(h.get("run_id")) for h in history or () if h.get("check") == schema.COMPARE})
+    if run_id not in known:
+        latest = ", ".join(known[-5:]) or "none"
+        raise UsageError(f"--baseline {run_id}: no compare run with that id in the results store {results} "
+                         f"(its latest compare runs: {latest})")
 
 
 def round_ratio_quartiles(times_s: dict[str, list[float]], other: str) -> tuple[float, float] | None:
@@ -558,7 +598,7 @@ def compare_variant(entry, index, args, device: str, log: Callable[[str], None],
                       ours_form=peaks.get("form", "fused + channels_last"), peak_cuda_ours_mib=peaks.get("ours"),
                       peak_cuda_timm_mib=peaks.get("timm"))
             row.time_host(host_times, reference)
-            row.previous = previous_run(history, row, environment or {})
+            row.previous = previous_run(history, row, environment or {}, getattr(args, "baseline", None))
             if args.memory and not gpu:
                 row.peak_rss_ours_mib = peak_rss_mib("ours", entry.id, bs, args)
                 row.peak_rss_timm_mib = peak_rss_mib("timm", entry.id, bs, args)
@@ -656,6 +696,11 @@ def previous_note(r: Row) -> str:
     if r.host_change is not None:
         parts.append(f"host reference {prev['host_images_per_s']:.1f} img/s then ({r.host_change:+.0%})")
     text = f"against run {prev['run_id']}: " + ", ".join(parts)
+    if prev.get("steady"):
+        text += (f" (the baseline since the host reference held within {STEADY_SPREAD:.0%} over the "
+                 f"{len(prev['steady'])} runs {', '.join(prev['steady'])}, each flagged SLOWER"
+                 + (f" than run {prev['instead_of']}" if prev.get("instead_of") else "")
+                 + ": a steadily slower host is another host)")
     if r.host_slower:
         return text + (f": host SLOWER by more than {HOST_DROP:.0%}: contended (or another machine that reports the "
                        "same fingerprint); this run's figures and ratios are not comparable with that run's")
@@ -755,6 +800,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-onnxruntime", dest="onnxruntime", action="store_false",
                    help="leave out ONNX Runtime serving our exported model (CPU; needs the onnx extra)")
     p.add_argument("--no-store", action="store_true", help="do not record the run in the results store")
+    p.add_argument("--baseline", metavar="RUN_ID",
+                   help="judge every row against this earlier compare run in the store (CPU), flagged or not, "
+                        "instead of the latest unflagged one")
     p.add_argument("--memory-probe", choices=("ours", "timm"), help=argparse.SUPPRESS)
 
 
@@ -797,6 +845,8 @@ def run(args: argparse.Namespace) -> int:
     # earlier compare runs in the store: the host reference is judged against the latest on this fingerprint
     history = store.history(args.results, lambda m: print(f"cc-bench compare: warning: {m}", file=sys.stderr)) \
         if device == "cpu" and Path(args.results).is_dir() else None
+    if args.baseline is not None:
+        check_baseline(args.baseline, history, args.results, device)
     rows, parities = [], {}
     try:
         for entry in entries:

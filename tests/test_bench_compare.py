@@ -97,6 +97,58 @@ def test_rows_are_judged_against_the_latest_earlier_run_on_the_same_machine():
     assert _row(1.0, 2.0, 0.9, [1.0], [{**history[3], "measured": "n/a"}]).previous is None  # unreadable rows skipped
 
 
+def test_a_steadily_slower_host_becomes_the_baseline():
+    """Run "fast" is the last unflagged one; three runs since were flagged SLOWER than it. Where their host
+    references agree within 5% the host is another host, and the latest of them is the baseline; spread wider, or
+    only two of them, they stay contended and "fast" stays the baseline."""
+    fast = _stored_run("fast", "2026-11-28T09:00:00Z", 2.5, 0.92, 2.0)
+
+    def slow(run_id, hour, host):
+        return _stored_run(run_id, f"2026-11-28T{hour}:00:00Z", 2.0, 0.85, host, contended=True)
+
+    steady = fast + slow("s1", 10, 1.50) + slow("s2", 11, 1.55) + slow("s3", 12, 1.48)
+    row = _row(1.0, 2.0, 0.9, [1.0 / 0.76] * 4, steady)  # host reference 1.52 img/s now
+    assert row.previous == {"run_id": "s3", "ratio": 2.0, "ratio_vs_plain": 0.85, "host_images_per_s": 1.48,
+                            "steady": ["s1", "s2", "s3"], "instead_of": "fast"}
+    assert not row.host_slower and row.regressions == []  # ratio 2.0 as then, ours / plain +6%
+    text = compare.format_row(row)
+    assert "against run s3:" in text and "the 3 runs s1, s2, s3, each flagged SLOWER than run fast" in text
+    assert "host SLOWER" not in text
+
+    # on that host a ratio that fell is a regression again (ours / timm 1.6 against s3's 2.0)
+    fell = _row(1.0, 1.6, 0.9, [1.0 / 0.76] * 4, steady)
+    assert fell.regressions == ["ratio"] and fell.ratio_changes["ratio"] == pytest.approx(-0.2)
+
+    spread = fast + slow("s1", 10, 1.50) + slow("s2", 11, 1.20) + slow("s3", 12, 1.48)  # 1.20: 19% off the median
+    assert _row(1.0, 2.0, 0.9, [1.0] * 4, spread).previous["run_id"] == "fast"
+    two = fast + slow("s2", 11, 1.55) + slow("s3", 12, 1.48)
+    assert _row(1.0, 2.0, 0.9, [1.0] * 4, two).previous["run_id"] == "fast"
+    # an unflagged run after them is the baseline again, the flagged runs before it no longer count
+    again = steady + _stored_run("later", "2026-11-28T13:00:00Z", 2.2, 0.9, 1.5)
+    assert _row(1.0, 2.0, 0.9, [1.0] * 4, again).previous["run_id"] == "later"
+    # no unflagged run at all: three steady flagged runs still make one
+    assert _row(1.0, 2.0, 0.9, [1.0] * 4, steady[3:]).previous["instead_of"] is None
+
+
+def test_baseline_names_the_run_to_judge_against(tmp_path, capsys):
+    history = (_stored_run("fast", "2026-11-28T09:00:00Z", 2.5, 0.92, 2.0)
+               + _stored_run("s1", "2026-11-28T10:00:00Z", 2.0, 0.85, 1.5, contended=True)
+               + _stored_run("later", "2026-11-28T11:00:00Z", 2.2, 0.9, 2.0))
+    times = {"ours": [1.0] * 4, "timm_eager": [2.0] * 4, "plain": [0.9] * 4}
+    row = compare.Row("m", 2, "float32", {n: 2 / t[0] for n, t in times.items()}, times, "timm_eager", None)
+    row.time_host([1.0 / 0.75] * 4, "ref A")
+    env = {"fingerprint_id": "f1", "threads": 2}
+    assert compare.previous_run(history, row, env, baseline="s1")["run_id"] == "s1"  # flagged, named outright
+    assert compare.previous_run(history, row, env, baseline="fast")["ratio"] == 2.5
+    assert compare.previous_run(history, row, env, baseline="elsewhere") is None
+    assert compare.previous_run(history, row, env)["run_id"] == "later"
+    # an id that is no compare run in the store: a usage error naming the store, before anything is built
+    assert main(["compare", "--baseline", "20260101T000000Z-dead", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--baseline 20260101T000000Z-dead: no compare run with that id in the results store" in err
+    assert "Traceback" not in err
+
+
 def test_results_page_notes_a_slower_host_or_a_fallen_ratio():
     from types import SimpleNamespace
 
@@ -109,6 +161,10 @@ def test_results_page_notes_a_slower_host_or_a_fallen_ratio():
                          "regressions": ["ratio", "ratio_vs_plain"]}, "host_reference": {"slower": False}}
     assert _previous_note(SimpleNamespace(extra=fell)) == "against run R: ratio -30%, ours / plain -12%"
     assert _previous_note(SimpleNamespace(extra={})) == ""
+    rebased = {"previous": {"run_id": "S", "steady": ["Q", "R", "S"], "instead_of": "F", "host_change": 0.0,
+                            "ratio_changes": {"ratio": 0.01}, "regressions": []}, "host_reference": {"slower": False}}
+    assert _previous_note(SimpleNamespace(extra=rebased)) == ("judged against run S: the host ran steadily slower "
+                                                             "than in run F")
 
 
 @pytest.mark.slow

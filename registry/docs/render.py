@@ -254,7 +254,11 @@ def _previous_note(row: Measurement) -> str:
     names = {"ratio": "ratio", "ratio_vs_plain": "ours / plain"}
     fell = [f"{names[n]} {to_float(changes.get(n)):+.0%}" for n in prev.get("regressions") or ()
             if n in names and to_float(changes.get(n)) is not None]
-    return f"against run {prev.get('run_id')}: {', '.join(fell)}" if fell else ""
+    steady = (f"judged against run {prev.get('run_id')}: the host ran steadily slower than in run "
+              f"{prev.get('instead_of')}" if prev.get("steady") and prev.get("instead_of") else "")
+    if fell:
+        return f"against run {prev.get('run_id')}: {', '.join(fell)}" + (f" ({steady})" if steady else "")
+    return steady
 
 
 @dataclass
