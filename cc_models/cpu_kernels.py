@@ -8,11 +8,11 @@ SiLU in one pass after the batched product). :func:`pointwise` is the pointwise 
 worked out on the spot (``bench.conv_forms`` times it). The depthwise kernel
 (``csrc/condconv_cpu.cpp``) mixes each sample's kernel from the experts into a buffer that
 stays in cache and convolves straight from the channels_last input, bias and SiLU in
-registers. On B0's depthwise CondConvs (2 threads, ``python -m bench.conv_forms``):
-timm's form (the batch folded into the channels, one oneDNN grouped convolution,
-the input copied to NCHW) runs 2.7-4.8x the time of the same layer with one shared
-kernel at batch 32; this kernel runs 1.1-1.4x of it (2-4x faster than the grouped
-form), and at batch 1 0.75-0.9x of it (1.7-2.9x faster than the grouped form).
+registers. On B0's depthwise CondConvs (2 threads, ``python -m bench.conv_forms``, remeasured 2026-11-28 with the
+scratch buffers aligned): timm's form (the batch folded into the channels, one oneDNN grouped convolution, the input
+copied to NCHW) runs 2.5-4.3x the time of the same layer with one shared kernel at batch 32; this kernel runs
+1.0-1.2x of it (2.0-4.0x faster than the grouped form), and at batch 1 0.55-0.77x of it (2.0-3.9x faster than the
+grouped form).
 
 It is compiled on first use with the C++ compiler torch's extensions use (``c++``) and
 ``ninja`` (a dependency): about 10 s, once per machine, into torch's extension cache
@@ -162,11 +162,13 @@ def pointwise_applies(layer: nn.Module, x: torch.Tensor, routing: torch.Tensor) 
 
     The kernel mixes each sample's kernel from the experts in cache (in groups of samples where the experts do not
     stay in L2: :func:`group_size`); the batched-product form mixes the whole batch in one matrix product, written
-    out and read back. Measured on this 2-core AVX-512 Xeon (``python -m bench.conv_forms`` times B0's shapes): over
-    B0's eight pointwise shapes the ungrouped kernel ran 1.06-1.33x as fast as the batched product with 4 experts
-    at batch 1-32 and with 8 at batch 1-2, but 0.87-0.92x with 8 at batch 8-32; grouping the 1152-channel layers'
-    samples turned that into 1.00-1.04x for the whole b0_8e and b1_8e models at batch 8 and 32 (in-model A/B), so
-    the kernel now serves every expert count and batch size."""
+    out and read back. Measured on this 2-core AVX-512 Xeon (``python -m bench.conv_forms`` times four of B0's
+    shapes; 2026-11-28, scratch buffers aligned): 1.16-1.60x the batched product's speed at batch 1 with 4 or 8
+    experts; at batch 32 1.05-1.33x, except 672->112 (0.94x with 4 experts, 0.86x with 8: three layers of B0, at
+    most 0.6% of the pass; not re-checked in the model). Before grouping, the kernel ran 0.87-0.92x the
+    batched product with 8 experts at batch 8-32; grouping the 1152-channel layers' samples made the whole b0_8e
+    and b1_8e models 1.00-1.04x at batch 8 and 32 (in-model A/B), so the kernel serves every expert count and
+    batch size."""
     return (layer.pointwise and layer.inference and layer.experts_in_out and layer.out_channels % 16 == 0
             and layer.epilogue_act in (None, "silu") and x.dim() == 4 and x.numel() > 0
             and x.is_contiguous(memory_format=torch.channels_last)
