@@ -38,15 +38,21 @@ def checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[
     return batch_sizes, args.ids or cc_models.list_models()
 
 
+# Untimed calls of a contender right before each of its timed calls: each is timed in its own cache state, as in a
+# process serving one model, not in the state the previous contender left (a plain model whose weights fit the
+# last-level cache ran 3-9% slower timed right after ours, b0_8e and b1_8e at batch 1).
+WARM_CALLS = 1
+
+
 def median_seconds(contenders: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median seconds of each call over ``rounds`` rounds, each calling every contender once in a shuffled
-    (seeded) order, after one untimed call each."""
+    """Median seconds of each call over ``rounds`` rounds, each timing every contender once in a shuffled
+    (seeded) order, each timed call right after ``WARM_CALLS`` untimed calls of the same contender."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
     order = random.Random(0)
-    for call in contenders.values():
-        call()
     for _ in range(rounds):
         for name in order.sample(list(contenders), len(contenders)):
+            for _ in range(WARM_CALLS):
+                contenders[name]()
             start = time.perf_counter()
             contenders[name]()
             times[name].append(time.perf_counter() - start)

@@ -266,19 +266,34 @@ def test_interleaved_timing_goes_on_until_the_minimum_time():
 
 def test_interleaved_timing_varies_what_runs_before_each_contender():
     """A fixed cycle (rotated or not) gives each contender the same predecessor every repeat; the one after
-    ONNX Runtime then ran 8-13% slower. Shuffled per repeat, every contender follows every other one."""
+    ONNX Runtime then ran 8-13% slower. Shuffled per repeat, every contender's calls follow every other one's; on
+    CPU each timed call comes right after an untimed call of the same contender (its own cache state, as in a
+    process serving one model)."""
+    from bench import rounds
     from bench.compare import time_interleaved
 
     sequence = []
     names = ["ours", "plain", "timm_eager", "timm_channels_last", "timm_traced_frozen", "onnxruntime"]
     times = time_interleaved({n: (lambda n=n: sequence.append(n)) for n in names}, warmup=0, repeats=40,
                              device="cpu")
+    assert rounds.WARM_CALLS == 1 and len(sequence) == 2 * 40 * len(names)
     assert all(len(times[n]) == 40 for n in names)
-    assert all(sorted(sequence[i:i + 6]) == sorted(names) for i in range(0, len(sequence), 6))  # each once a repeat
+    assert sequence[0::2] == sequence[1::2]  # untimed, then timed, of the same contender
+    timed = sequence[1::2]
+    assert all(sorted(timed[i:i + 6]) == sorted(names) for i in range(0, len(timed), 6))  # each once a repeat
     predecessors = {n: set() for n in names}
-    for before, after in zip(sequence, sequence[1:]):
+    for before, after in zip(timed, timed[1:]):
         predecessors[after].add(before)
     assert all(predecessors[n] >= set(names) - {n} for n in names), predecessors
+
+
+def test_rounds_time_each_call_after_an_untimed_one_of_the_same_contender():
+    from bench import rounds
+
+    sequence = []
+    medians = rounds.median_seconds({n: (lambda n=n: sequence.append(n)) for n in ("ours", "plain")}, 5)
+    assert set(medians) == {"ours", "plain"} and len(sequence) == 2 * 5 * 2
+    assert sequence[0::2] == sequence[1::2] and sorted(sequence[1::2]) == ["ours"] * 5 + ["plain"] * 5
 
 
 def test_compiled_forms_time_against_ours_eager():
