@@ -462,8 +462,8 @@ def time_interleaved(runners: dict[str, Callable[[], object]], *, warmup: int, r
 
     On CPU each timed call follows an untimed call of the same runner (``rounds.WARM_CALLS``), as in a process
     serving one model: timed right after another contender, a model whose weights fit the last-level cache reads
-    them from memory instead. Back to back in one process (b0_8e and b1_8e, batch 1), our plain model ran 3-9%
-    faster than timed one call per round after ours; ours, whose experts do not fit, ran the same.
+    them from memory instead. Back to back in one process (b0_4e, b0_8e and b1_8e, batch 1), our plain model ran up
+    to 10% faster than timed one call per round after ours; ours, whose experts do not fit, ran the same.
 
     Shuffled, not rotated: rotating the start of a fixed cycle keeps every runner's predecessor the same, and
     what ran just before moves a CPU timing. In run 20261128T041927Z-ef90 (rotation) ours always followed ONNX

@@ -40,7 +40,7 @@ def checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[
 
 # Untimed calls of a contender right before each of its timed calls: each is timed in its own cache state, as in a
 # process serving one model, not in the state the previous contender left (a plain model whose weights fit the
-# last-level cache ran 3-9% slower timed right after ours, b0_8e and b1_8e at batch 1).
+# last-level cache ran up to 10% slower timed right after ours than back to back, at batch 1).
 WARM_CALLS = 1
 
 
