@@ -606,7 +606,7 @@ def compare_variant(entry, index, args, device: str, log: Callable[[str], None],
                       ours_form=peaks.get("form", "fused + channels_last"), peak_cuda_ours_mib=peaks.get("ours"),
                       peak_cuda_timm_mib=peaks.get("timm"))
             row.time_host(host_times, reference)
-            row.previous = previous_run(history, row, environment or {}, getattr(args, "baseline", None))
+            row.previous = previous_run(history, row, environment or {}, args.baseline)
             if args.memory and not gpu:
                 row.peak_rss_ours_mib = peak_rss_mib("ours", entry.id, bs, args)
                 row.peak_rss_timm_mib = peak_rss_mib("timm", entry.id, bs, args)
