@@ -24,6 +24,7 @@ PyTorch form: outputs are the same either way, within float rounding.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -334,6 +335,46 @@ def pointwise_call(x: torch.Tensor, routing: torch.Tensor, bias: torch.Tensor | 
     """The pointwise op on ``x`` with operands from :func:`_pointwise_operands`."""
     panels, out_channels, silu, group = operands
     return torch.ops.cc_condconv.pointwise(x, panels, routing, bias, gate, out_channels, silu, group)
+
+
+@contextlib.contextmanager
+def pointwise_op(op: Callable[..., torch.Tensor]):
+    """Inside the block, :func:`run`'s pointwise calls go through ``op`` (the pointwise op's signature) instead of
+    the library's: ``python -m bench.expert_bound --split`` swaps in timing builds that leave out the mixes or the
+    GEMMs (:func:`timing_build`)."""
+    global pointwise_call
+    library_call = pointwise_call
+
+    def call(x, routing, bias, gate, operands):
+        panels, out_channels, silu, group = operands
+        return op(x, panels, routing, bias, gate, out_channels, silu, group)
+
+    pointwise_call = call
+    try:
+        yield
+    finally:
+        pointwise_call = library_call
+
+
+def timing_build(*skip: str) -> Callable[..., torch.Tensor]:
+    """The pointwise op of this library compiled again with its mixes (``"mix"``), its GEMMs (``"gemm"``) or both
+    left out, under an op namespace of its own: for timing the parts inside a model; its outputs are garbage.
+    Raises where the library's pointwise kernel is not built here."""
+    if not skip or not set(skip) <= {"mix", "gemm"}:
+        raise ValueError(f"skip 'mix', 'gemm' or both, not {skip!r}")
+    if not (available() and _has_pointwise()):
+        raise RuntimeError(f"the pointwise kernel is not built here ({failure() or 'it needs an AVX-512 CPU'})")
+    from torch.utils import cpp_extension
+
+    parts = sorted(set(skip))
+    namespace = "cc_condconv_skip_" + "_".join(parts)
+    defines = [f"-DCC_CONDCONV_NS={namespace}", *(f"-DCC_CONDCONV_SKIP_{part.upper()}" for part in parts)]
+    with _build_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cpp_extension.load(name=f"{build_name()}_skip_{'_'.join(parts)}", sources=[str(SOURCE)],
+                           extra_cflags=[*CFLAGS, *defines], extra_ldflags=list(LDFLAGS), is_python_module=False,
+                           verbose=False)
+    return getattr(torch.ops, namespace).pointwise
 
 
 def block_routing(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:

@@ -382,3 +382,43 @@ def test_an_avx2_build_keeps_the_batched_product_and_matches_timm():
     assert (isa, has_pointwise) == ("avx2", "False")
     assert int(depthwise_calls) > 0
     assert float(diff) < 1e-4
+
+
+@needs_kernel
+def test_pointwise_op_routes_run_through_another_op_inside_the_block_only():
+    """bench.expert_bound --split times ours with timing builds swapped in; outside the block the library's op."""
+    layer = _layer(40, 32, 4)
+    x = torch.randn(2, 40, 5, 5).contiguous(memory_format=torch.channels_last)
+    routing = torch.rand(2, 4)
+    with torch.inference_mode():
+        before = cpu_kernels.run(layer, x, routing)
+        seen = []
+
+        def fake(x_, panels, routing_, bias, gate, n, silu, group):
+            seen.append((tuple(x_.shape), tuple(panels.shape), n, silu))
+            return torch.zeros(x_.shape[0], n, *x_.shape[2:]).contiguous(memory_format=torch.channels_last)
+
+        with cpu_kernels.pointwise_op(fake):
+            inside = cpu_kernels.run(layer, x, routing)
+        after = cpu_kernels.run(layer, x, routing)
+    assert seen == [((2, 40, 5, 5), (1, 40, 4, 48), 32, True)] and inside.abs().max() == 0
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    torch.testing.assert_close(before, _oracle(layer, x, routing, None).float(), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.slow
+def test_timing_builds_register_apart_from_the_library():
+    """A timing build compiles the same source under its own op namespace, without touching the library's op."""
+    with pytest.raises(ValueError, match="skip 'mix', 'gemm' or both"):
+        cpu_kernels.timing_build("gemm", "packing")
+    op = cpu_kernels.timing_build("gemm", "mix")
+    assert op is torch.ops.cc_condconv_skip_gemm_mix.pointwise
+    layer = _layer(96, 112, 4)
+    x = torch.randn(3, 96, 8, 8).contiguous(memory_format=torch.channels_last)
+    routing = torch.rand(3, 4)
+    with torch.inference_mode():
+        out = cpu_kernels.run(layer, x, routing)
+        garbage = op(x, cpu_kernels._experts_panels(layer), routing, layer.static_bias, None, 112, True, 1)
+    assert garbage.shape == out.shape  # nothing mixed or multiplied: what the output holds is whatever was there
+    torch.testing.assert_close(out, _oracle(layer, x, routing, None).float(), rtol=1e-5, atol=1e-5)

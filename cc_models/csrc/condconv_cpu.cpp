@@ -21,6 +21,14 @@
 #include <numeric>
 #include <utility>
 
+// Timing builds (python -m bench.expert_bound --split) compile this file again under another op namespace with the
+// pointwise kernel's mixes or GEMMs left out, to time each part inside the whole model; their outputs are garbage.
+#ifndef CC_CONDCONV_NS
+#define CC_CONDCONV_NS cc_condconv
+#endif
+#define CC_LIBRARY(ns, m) TORCH_LIBRARY(ns, m)  // expands CC_CONDCONV_NS before TORCH_LIBRARY pastes it
+#define CC_LIBRARY_IMPL(ns, k, m) TORCH_LIBRARY_IMPL(ns, k, m)
+
 namespace {
 
 // A kernel's scratch buffer (a mixed kernel or panel), uninitialised, on a cache-line boundary. A std::vector's
@@ -526,6 +534,9 @@ at::Tensor pointwise(const at::Tensor& x, const at::Tensor& experts, const at::T
   // panel's columns from vector vm on mixed in the buffer for input channels [k0, k0 + kn).
   auto gemm = [&](const float* buffer, int64_t j, int64_t b0, int64_t g, int64_t vm, int64_t va, int64_t nvv,
                   int64_t m0, int64_t m1, int64_t k0, int64_t kn) {
+#ifdef CC_CONDCONV_SKIP_GEMM
+    return;
+#endif
     if (m0 >= m1 || nvv <= 0) return;
     int64_t v0, nv;
     panel_span(nvec, panels, j, v0, nv);
@@ -545,6 +556,9 @@ at::Tensor pointwise(const at::Tensor& x, const at::Tensor& experts, const at::T
     }
   };
   auto mix = [&](float* buffer, int64_t j, int64_t b0, int64_t g, int64_t vm, int64_t nvm, int64_t k0, int64_t kn) {
+#ifdef CC_CONDCONV_SKIP_MIX
+    return;
+#endif
     mix_panels(g, ep + (j * K + k0) * E * kPanel + vm * L, rp + b0 * E, gp ? gp + b0 * K + k0 : nullptr, K, E, kn,
                nvm, buffer);
   };
@@ -647,7 +661,7 @@ std::string build_isa() {
 
 }  // namespace
 
-TORCH_LIBRARY(cc_condconv, m) {
+CC_LIBRARY(CC_CONDCONV_NS, m) {
   m.def("build_isa() -> str", &build_isa);
   m.def("routing(Tensor x, Tensor weight, Tensor bias, float scale) -> Tensor");
   m.def("depthwise(Tensor x, Tensor experts, Tensor routing, Tensor? bias, int kh, int kw, int stride, int pad_t, "
@@ -656,7 +670,7 @@ TORCH_LIBRARY(cc_condconv, m) {
   m.def("pointwise(Tensor x, Tensor experts, Tensor routing, Tensor? bias, Tensor? gate, int N, bool silu, "
         "int group_size) -> Tensor");
 }
-TORCH_LIBRARY_IMPL(cc_condconv, CPU, m) {
+CC_LIBRARY_IMPL(CC_CONDCONV_NS, CPU, m) {
   m.impl("depthwise", depthwise);
   m.impl("bias_silu_", bias_silu_);
   m.impl("routing", routing);
