@@ -48,14 +48,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cc_models import cpu_kernels, hugepages
     from cc_models.runtime import tune_cpu
 
-    state = tune_cpu(args.threads)
-    try:
-        skips = ({name: cpu_kernels.timing_build(*parts) for name, parts in
-                  (("no mixes", ("mix",)), ("no GEMMs", ("gemm",)), ("neither", ("mix", "gemm")))}
-                 if args.split else {})
-    except RuntimeError as exc:
-        print(f"{p.prog}: --split: {exc}", file=sys.stderr)
+    why = cpu_kernels.why_no_pointwise() if args.split else None
+    if why is not None:
+        print(f"{p.prog}: --split: {why}", file=sys.stderr)
         return rounds.EXIT_USAGE
+    state = tune_cpu(args.threads)
+    skips = ({name: cpu_kernels.timing_build(*parts) for name, parts in
+              (("no mixes", ("mix",)), ("no GEMMs", ("gemm",)), ("neither", ("mix", "gemm")))}
+             if args.split else {})
     print(f"{state.threads} threads, fp32, channels_last, {state.allocator}; median of {args.rounds} interleaved "
           "rounds", flush=True)
     for model_id in ids:

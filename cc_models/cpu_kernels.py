@@ -356,14 +356,26 @@ def pointwise_op(op: Callable[..., torch.Tensor]):
         pointwise_call = library_call
 
 
+def why_no_pointwise() -> str | None:
+    """Why the pointwise kernel does not run here (building the library on the first call), or None where it does."""
+    if not enabled():
+        return f"the CPU kernels are turned off ({ENV_SWITCH}={os.environ.get(ENV_SWITCH)})"
+    if not available():
+        return f"the CPU kernels could not be built here ({failure()})"
+    if not _has_pointwise():
+        return f"the pointwise kernel needs an AVX-512 build; this one is {build_isa()}"
+    return None
+
+
 def timing_build(*skip: str) -> Callable[..., torch.Tensor]:
     """The pointwise op of this library compiled again with its mixes (``"mix"``), its GEMMs (``"gemm"``) or both
     left out, under an op namespace of its own: for timing the parts inside a model; its outputs are garbage.
     Raises where the library's pointwise kernel is not built here."""
     if not skip or not set(skip) <= {"mix", "gemm"}:
         raise ValueError(f"skip 'mix', 'gemm' or both, not {skip!r}")
-    if not (available() and _has_pointwise()):
-        raise RuntimeError(f"the pointwise kernel is not built here ({failure() or 'it needs an AVX-512 CPU'})")
+    why = why_no_pointwise()
+    if why is not None:
+        raise RuntimeError(why)
     from torch.utils import cpp_extension
 
     parts = sorted(set(skip))

@@ -20,6 +20,14 @@ def test_expert_bound_usage_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_expert_bound_split_says_why_it_cannot_run(monkeypatch, capsys):
+    from bench.expert_bound import main
+
+    monkeypatch.setenv("CC_MODELS_CPU_KERNELS", "0")
+    assert main(["tf_efficientnet_cc_b0_4e", "--split", "--rounds", "1"]) == 2
+    assert "--split: the CPU kernels are turned off (CC_MODELS_CPU_KERNELS=0)" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_expert_bound_reports_the_extra_bytes_and_the_bound():
     proc = subprocess.run([sys.executable, "-m", "bench.expert_bound", "tf_efficientnet_cc_b0_4e", "--rounds", "2",
