@@ -104,12 +104,13 @@ def without(op, model, x):
 
 
 def panel_bytes(model) -> int:
-    """Bytes of the pointwise CondConvs' expert panels (the layout the mixes read, zero-padded to whole panels)."""
+    """Bytes of the pointwise CondConvs' expert panels (the layout the mixes read, zero-padded to whole panels);
+    ``--split`` has checked that the pointwise kernel runs here."""
     from cc_models import cpu_kernels
     from cc_models.layers.cond_conv2d import CondConv2d
 
     return sum(cpu_kernels._experts_panels(m).numel() * 4 for m in model.modules()
-               if isinstance(m, CondConv2d) and m.pointwise and cpu_kernels._has_pointwise())
+               if isinstance(m, CondConv2d) and m.pointwise)
 
 
 def split_line(t: dict[str, float], panels: int) -> str:

@@ -83,14 +83,7 @@ def _load() -> bool:
         _failure = f"built and measured on x86-64 only (this is {platform.machine()})"
         return False
     try:
-        from torch.utils import cpp_extension
-
-        _ninja_on_path()
-        with _build_lock, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "No CUDA runtime is found": irrelevant to a CPU extension
-            # lists of our own: torch appends to the ones it is given
-            cpp_extension.load(name=build_name(), sources=[str(SOURCE)], extra_cflags=list(CFLAGS),
-                               extra_ldflags=list(LDFLAGS), is_python_module=False, verbose=False)
+        _compile(build_name())
         torch.ops.cc_condconv.depthwise  # noqa: B018  (raise if the library did not register)
     except Exception as exc:  # no compiler, no headers, no ninja, a failed build: keep the PyTorch form
         _failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}"
@@ -99,6 +92,18 @@ def _load() -> bool:
                       "the attempt.", RuntimeWarning, stacklevel=3)
         return False
     return True
+
+
+def _compile(name: str, defines: tuple[str, ...] = ()) -> None:
+    """Build (or load from torch's extension cache) the library from SOURCE as ``name``, with extra -D flags."""
+    from torch.utils import cpp_extension
+
+    _ninja_on_path()
+    with _build_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "No CUDA runtime is found": irrelevant to a CPU extension
+        # lists of our own: torch appends to the ones it is given
+        cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=[*CFLAGS, *defines],
+                           extra_ldflags=list(LDFLAGS), is_python_module=False, verbose=False)
 
 
 def _ninja_on_path() -> None:
@@ -376,16 +381,10 @@ def timing_build(*skip: str) -> Callable[..., torch.Tensor]:
     why = why_no_pointwise()
     if why is not None:
         raise RuntimeError(why)
-    from torch.utils import cpp_extension
-
     parts = sorted(set(skip))
     namespace = "cc_condconv_skip_" + "_".join(parts)
-    defines = [f"-DCC_CONDCONV_NS={namespace}", *(f"-DCC_CONDCONV_SKIP_{part.upper()}" for part in parts)]
-    with _build_lock, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        cpp_extension.load(name=f"{build_name()}_skip_{'_'.join(parts)}", sources=[str(SOURCE)],
-                           extra_cflags=[*CFLAGS, *defines], extra_ldflags=list(LDFLAGS), is_python_module=False,
-                           verbose=False)
+    _compile(f"{build_name()}_skip_{'_'.join(parts)}",
+             (f"-DCC_CONDCONV_NS={namespace}", *(f"-DCC_CONDCONV_SKIP_{part.upper()}" for part in parts)))
     return getattr(torch.ops, namespace).pointwise
 
 
